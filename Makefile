@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast test-multidevice lint format bench quickstart clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The pinned CPU build of torch first, so nothing pulls an unpinned one.
+	$(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[test,examples,bench]"
+	# Data-only and oracle-only packages: their own dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps stardist segmentation-models-pytorch
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m examples.unet.train
+
+quickstart: $(STAMP)
+	$(BIN)/python examples/quickstart.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m ruff check jaxseg tests examples bench
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check jaxseg tests examples bench
+	$(BIN)/python -m ruff format --check jaxseg tests examples bench
+
+format: $(STAMP)
+	$(BIN)/python -m ruff format jaxseg tests examples bench
+	$(BIN)/python -m ruff check --fix jaxseg tests examples bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .hypothesis

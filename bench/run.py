@@ -1,0 +1,285 @@
+"""Benchmark jaxseg's losses against optax, a naive JAX seed, MONAI, smp and the exp roofline.
+
+Usage:
+    python -m bench.run                         # 3 workloads x {float32, bfloat16}
+    python -m bench.run --quick                 # small shapes, smoke test (< 60 s)
+    python -m bench.run --workloads 2d --dtypes float32 --repeats 30
+
+Writes `<out>/<machine-tag>-<date>.{md,json}`, `<out>/latest.{md,json,png}`
+(with `--quick`: the same names with a `-quick` suffix, so a smoke test never
+overwrites real results). See `bench/timing.py` for the timing method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Must precede the first JAX backend initialisation: on a GPU, JAX would otherwise
+# grab most of the memory up front and starve the torch peers sharing the device.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench import peers, report, timing  # noqa: E402
+from bench.workloads import DTYPES, FULL_SHAPES, Workload, make_workloads  # noqa: E402
+
+# jaxseg functions benchmarked, one per loss group (the group is the function's name).
+JAXSEG_FUNCTIONS = (
+    "dice_loss",
+    "dice_ce",
+    "dice_focal",
+    "cross_entropy",
+    "focal_loss",
+    "lovasz_softmax_loss",
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--workloads",
+        default=",".join(FULL_SHAPES),
+        help=f"comma-separated subset of {','.join(FULL_SHAPES)} (default: all)",
+    )
+    parser.add_argument(
+        "--dtypes",
+        default=",".join(DTYPES),
+        help="comma-separated subset of float32,bfloat16 (bfloat16 applies to JAX only)",
+    )
+    parser.add_argument(
+        "--losses",
+        default=",".join(JAXSEG_FUNCTIONS),
+        help="comma-separated loss groups to run (default: all)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="interleaved rounds per workload (default: 15, or 5 with --quick)",
+    )
+    parser.add_argument("--warmup", type=int, default=3, help="warm-up calls per implementation")
+    parser.add_argument(
+        "--min-sample-ms",
+        type=float,
+        default=None,
+        help="shorter calls are repeated within one timed sample (default: 20, 2 with --quick)",
+    )
+    parser.add_argument("--quick", action="store_true", help="small shapes, a smoke test")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch peers")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="output folder (default: bench/results)",
+    )
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 5 if args.quick else 15
+    if args.min_sample_ms is None:
+        args.min_sample_ms = 2.0 if args.quick else 20.0
+    return args
+
+
+def setup_torch() -> tuple[str, int]:
+    """Pick torch's device (CUDA only if available) and use every core on CPU."""
+    try:
+        import torch
+    except ImportError:
+        return "unavailable", 0
+    threads = report.core_count()
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device, threads
+
+
+def jaxseg_functions(groups: list[str], notes: list[str]) -> dict[str, Any]:
+    """The jaxseg functions that exist now; a note for each one that does not."""
+    try:
+        import jaxseg
+    except Exception as err:  # noqa: BLE001 - a half-written package must not stop the bench
+        notes.append(f"jaxseg not importable ({type(err).__name__}: {err}); jaxseg rows skipped")
+        return {}
+    found = {}
+    for name in groups:
+        fn = getattr(jaxseg, name, None)
+        if fn is None:
+            notes.append(f"jaxseg.{name} is missing; skipped")
+        else:
+            found[name] = fn
+    return found
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160] if text else ''}"
+
+
+def bench_workload(
+    workload: Workload,
+    groups: list[str],
+    ours: dict[str, Any],
+    jax_peers: dict[str, list[tuple[str, Any, str]]],
+    torch_peers: dict[str, list[tuple[str, Any, str, str]]],
+    torch_device: str,
+    args: argparse.Namespace,
+    notes: list[str],
+) -> dict[str, Any]:
+    """Compile, warm up and time every implementation of one workload, interleaved."""
+    logits_np, labels_np = workload.data()
+    logits = jnp.asarray(logits_np, dtype=workload.dtype)
+    labels = jnp.asarray(labels_np)
+    logits_cf = np.ascontiguousarray(np.moveaxis(logits_np, -1, 1))
+
+    prepared: list[timing.Prepared] = []
+
+    def attempt(label: str, build: Any) -> None:
+        try:
+            item = build()
+            timing.warm_up(item, args.warmup, args.min_sample_ms / 1e3)
+        except Exception as err:  # noqa: BLE001 - one broken implementation skips one row
+            notes.append(f"{workload.title}: {label} skipped ({_first_line(err)})")
+            print(f"  skip {label}: {_first_line(err)}", flush=True)
+            return
+        prepared.append(item)
+
+    def jax_case(group: str, name: str, fn: Any, note: str = "") -> Any:
+        return lambda: timing.prepare_jax(group, name, fn, logits, labels, note)
+
+    attempt("exp roofline", jax_case("roofline", "exp fwd+bwd", peers.exp_roofline))
+    for group in groups:
+        if group in ours:
+            attempt(f"jaxseg.{group}", jax_case(group, "jaxseg", ours[group]))
+        for name, fn, note in jax_peers.get(group, []):
+            attempt(f"{group} {name}", jax_case(group, name, fn, note))
+        for name, loss, layout, note in torch_peers.get(group, []):
+            torch_note = "; ".join(filter(None, ["float32", note]))
+            attempt(
+                f"{group} {name}",
+                lambda g=group, n=name, lo=loss, la=layout, no=torch_note: timing.prepare_torch(
+                    g, n, lo, logits_cf, labels_np, la, torch_device, no
+                ),
+            )
+
+    print(f"  {len(prepared)} implementations compiled and warmed up; timing...", flush=True)
+    timing.run_interleaved(prepared, args.repeats)
+
+    rows = []
+    for item in prepared:
+        row: dict[str, Any] = {
+            "group": item.group,
+            "name": item.name,
+            "framework": item.framework,
+            "note": item.note,
+            "compile_s": item.compile_s,
+            "memory": item.memory,
+            "loss_value": item.loss_value,
+            "inner": item.inner,
+            "samples_s": item.samples,
+            **timing.summarize(item.samples),
+        }
+        # Least traffic of one pass: read logits and labels once, write the gradient.
+        if item.framework == "jax":
+            logits_bytes, label_bytes = workload.logits_bytes(), workload.label_bytes()
+        else:
+            logits_bytes, label_bytes = logits_np.nbytes, 2 * workload.label_bytes()
+        row["min_bytes"] = 2 * logits_bytes + (0 if item.group == "roofline" else label_bytes)
+        rows.append(row)
+
+    roofline = next((r for r in rows if r["group"] == "roofline"), None)
+    for row in rows:
+        mine = next((r for r in rows if r["group"] == row["group"] and r["name"] == "jaxseg"), None)
+        row["jaxseg_over_this"] = (
+            mine["median_s"] / row["median_s"] if mine and row["group"] != "roofline" else None
+        )
+        row["over_roofline"] = row["median_s"] / roofline["median_s"] if roofline else None
+
+    return {
+        "workload": {
+            "name": workload.name,
+            "shape": list(workload.shape),
+            "dtype": workload.dtype,
+            "title": workload.title,
+        },
+        "logits_bytes": workload.logits_bytes(),
+        "rows": rows,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and write the reports; returns the process exit code."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    workloads = make_workloads(
+        [w for w in args.workloads.split(",") if w], [d for d in args.dtypes.split(",") if d], args.quick
+    )
+    groups = [g for g in args.losses.split(",") if g]
+    unknown = sorted(set(groups) - set(JAXSEG_FUNCTIONS))
+    if unknown:
+        raise SystemExit(f"unknown loss groups {unknown}; choose from {list(JAXSEG_FUNCTIONS)}")
+
+    notes: list[str] = []
+    ours = jaxseg_functions(groups, notes)
+    jax_peers, jax_notes = peers.jax_peers()
+    notes += jax_notes
+    torch_device, torch_threads = ("disabled", 0) if args.no_torch else setup_torch()
+    torch_peers: dict[str, list[tuple[str, Any, str, str]]] = {}
+    if torch_device not in ("disabled", "unavailable"):
+        torch_peers, torch_notes = peers.torch_peers()
+        notes += torch_notes
+    elif torch_device == "unavailable":
+        notes.append("torch not importable; torch peers skipped")
+    for note in notes:
+        print(f"note: {note}", flush=True)
+
+    machine = report.machine_info(torch_device)
+    print(
+        f"JAX backend {machine['jax_backend']} ({machine['jax_device_kind']}), "
+        f"torch {torch_device}, {machine['cores']} cores",
+        flush=True,
+    )
+    bandwidth = timing.measure_bandwidth()
+    print(f"stream bandwidth {bandwidth['bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
+
+    results = []
+    for workload in workloads:
+        print(f"== {workload.title}", flush=True)
+        result = bench_workload(
+            workload, groups, ours, jax_peers, torch_peers, torch_device, args, notes
+        )
+        results.append(result)
+        print("\n".join(report.workload_table(result, bandwidth["bytes_per_s"])), flush=True)
+
+    payload = {
+        "date": report.today(),
+        "machine": machine,
+        "versions": report.versions(),
+        "settings": {
+            "workloads": [w.title for w in workloads],
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "min_sample_ms": args.min_sample_ms,
+            "quick": args.quick,
+            "torch_threads": torch_threads,
+            "argv": sys.argv[1:] if argv is None else argv,
+        },
+        "bandwidth": bandwidth,
+        "notes": notes,
+        "results": results,
+        "wall_s": time.perf_counter() - started,
+    }
+    written = report.write_all(payload, args.out, suffix="-quick" if args.quick else "")
+    print("\n".join(["", "## Summary", *report.summary_table(results)]))
+    print(f"\nwrote {', '.join(str(p) for p in written)} in {payload['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

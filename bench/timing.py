@@ -1,0 +1,173 @@
+"""Compile, warm up and time forward+backward passes, interleaved across implementations.
+
+Method: every JAX implementation is compiled ahead of time with
+`jax.jit(jax.value_and_grad(f)).lower(...).compile()` (its compile time is
+measured separately and never mixed into the run times), then every
+implementation of a workload is warmed up, then the runs are interleaved:
+round-robin over all implementations, repeated `repeats` times, with the
+starting point rotated each round so that no implementation always follows the
+same neighbour. Interleaving spreads slow drifts of the machine (frequency,
+other tenants, page cache) over all implementations instead of biasing
+whichever ran last. Each call blocks until its results are ready.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One implementation, ready to run on one workload."""
+
+    group: str
+    name: str
+    framework: str  # "jax" or "torch"
+    note: str
+    step: Callable[[], float]  # one forward+backward; returns the loss value
+    compile_s: float | None = None
+    memory: dict[str, int] | None = None
+    loss_value: float | None = None
+    inner: int = 1  # calls per timed sample, so that a sample is long enough to time
+    samples: list[float] = dataclasses.field(default_factory=list)
+
+
+def _memory_stats(compiled: Any) -> dict[str, int] | None:
+    """XLA's static buffer assignment for a compiled executable, if the backend has one."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if stats is None:
+        return None
+    fields = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
+    return {f: int(getattr(stats, f)) for f in fields if hasattr(stats, f)}
+
+
+def prepare_jax(
+    group: str,
+    name: str,
+    loss: Callable[[jax.Array, jax.Array], jax.Array],
+    logits: jax.Array,
+    labels: jax.Array,
+    note: str = "",
+) -> Prepared:
+    """Compile `value_and_grad(loss)` for these arrays and wrap one blocking call."""
+    start = time.perf_counter()
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(logits, labels).compile()
+    compile_s = time.perf_counter() - start
+
+    def step() -> float:
+        value, grad = compiled(logits, labels)
+        jax.block_until_ready((value, grad))
+        return value
+
+    return Prepared(
+        group, name, "jax", note, step, compile_s=compile_s, memory=_memory_stats(compiled)
+    )
+
+
+def prepare_torch(
+    group: str,
+    name: str,
+    loss: Callable[..., Any],
+    logits_cf: np.ndarray,
+    labels: np.ndarray,
+    label_layout: str,
+    device: str,
+    note: str = "",
+) -> Prepared:
+    """Wrap `loss(x, y).backward()` on channels-first float32 copies of the workload."""
+    import torch
+
+    x = torch.tensor(logits_cf, dtype=torch.float32, device=device, requires_grad=True)
+    y = torch.tensor(labels, dtype=torch.int64, device=device)
+    if label_layout == "channel":
+        y = y.unsqueeze(1)
+    cuda = device.startswith("cuda")
+
+    def step() -> Any:
+        x.grad = None
+        value = loss(x, y)
+        value.backward()
+        if cuda:
+            torch.cuda.synchronize()
+        return value.detach()
+
+    return Prepared(group, name, "torch", note, step)
+
+
+def warm_up(prepared: Prepared, calls: int, min_sample_s: float) -> None:
+    """Run a few calls, record the loss value, and choose calls per timed sample."""
+    value = prepared.step()
+    prepared.loss_value = float(np.asarray(value, dtype=np.float32))
+    elapsed = math.inf
+    for _ in range(max(calls - 1, 1)):
+        start = time.perf_counter()
+        prepared.step()
+        elapsed = min(elapsed, time.perf_counter() - start)
+    # Sub-millisecond calls are timed in batches so that timer resolution and
+    # Python overhead around perf_counter stay negligible.
+    prepared.inner = int(min(max(math.ceil(min_sample_s / max(elapsed, 1e-7)), 1), 100))
+
+
+def run_interleaved(prepared: list[Prepared], repeats: int) -> None:
+    """Append `repeats` per-call times to each implementation's samples, round-robin."""
+    count = len(prepared)
+    for round_index in range(repeats):
+        # Collect between rounds, never inside a timed sample.
+        gc.collect()
+        gc.disable()
+        try:
+            for k in range(count):
+                item = prepared[(round_index + k) % count]
+                start = time.perf_counter()
+                for _ in range(item.inner):
+                    item.step()
+                item.samples.append((time.perf_counter() - start) / item.inner)
+        finally:
+            gc.enable()
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    """Median, quartiles and IQR of a list of times in seconds."""
+    q1, median, q3 = np.percentile(np.asarray(samples), [25, 50, 75])
+    return {"median_s": float(median), "q1_s": float(q1), "q3_s": float(q3), "iqr_s": float(q3 - q1)}
+
+
+def measure_bandwidth() -> dict[str, float | str]:
+    """Device memory bandwidth from a large device-to-device streaming copy.
+
+    `y = x + 1` over a buffer much larger than any cache reads and writes every
+    byte once (a plain copy would be forwarded or aliased by JAX). The best of
+    several runs is taken: the aim is the attainable peak, the roofline.
+    """
+    backend = jax.default_backend()
+    # 1 GiB saturates HBM on a GPU or TPU; on a CPU 256 MiB already dwarfs the caches.
+    nbytes = (1 << 30) if backend in ("gpu", "cuda", "rocm", "tpu") else (256 << 20)
+    x = jnp.zeros((nbytes // 4,), jnp.float32)
+    stream = jax.jit(lambda a: a + 1.0).lower(x).compile()
+    jax.block_until_ready(stream(x))
+    best = math.inf
+    for _ in range(10):
+        start = time.perf_counter()
+        jax.block_until_ready(stream(x))
+        best = min(best, time.perf_counter() - start)
+    del x
+    moved = 2 * nbytes
+    return {
+        "method": "jit(x + 1) over float32, read + write, best of 10",
+        "buffer_bytes": nbytes,
+        "bytes_moved": moved,
+        "best_s": best,
+        "bytes_per_s": moved / best,
+    }

@@ -1,0 +1,131 @@
+"""Fluorescence nuclei from the 2018 Data Science Bowl, as shipped by ``stardist``.
+
+The ``stardist`` wheel ships one 512x512 fluorescence image of cell nuclei and its
+instance mask (``stardist/data/images/img2d.tif`` and ``mask2d.tif``), a sample of the
+2018 Data Science Bowl training set (stage 1). The files are read from the installed
+distribution without importing ``stardist`` (its import pulls TensorFlow and friends).
+
+The instance mask becomes three semantic classes (:func:`instances_to_classes`):
+0 background, 1 nucleus interior, 2 nucleus boundary. The right quarter of the image
+(columns 384:512) is held out for validation; training samples random crops with
+random flips and 90-degree rotations from the rest.
+
+References:
+    Caicedo et al., "Nucleus segmentation across imaging experiments: the 2018 Data
+    Science Bowl", Nature Methods 16, 1247-1253, 2019.
+
+    Schmidt, Weigert, Broaddus and Myers, "Cell Detection with Star-convex Polygons",
+    MICCAI 2018 (the ``stardist`` package).
+"""
+
+import dataclasses
+import importlib.metadata
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+NUM_CLASSES = 3
+CLASS_NAMES = ("background", "nucleus", "boundary")
+VALIDATION_START = 384  # first column of the held-out right quarter
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """An image ``(H, W)`` float32 and its class labels ``(H, W)`` int32."""
+
+    image: np.ndarray
+    labels: np.ndarray
+
+
+def data_files() -> tuple[Path, Path]:
+    """Paths of the image and instance mask inside the installed ``stardist`` wheel."""
+    try:
+        distribution = importlib.metadata.distribution("stardist")
+    except importlib.metadata.PackageNotFoundError as error:
+        raise FileNotFoundError(
+            "the demo data ships with the stardist wheel: pip install --no-deps stardist"
+        ) from error
+    paths = tuple(
+        Path(distribution.locate_file(f"stardist/data/images/{name}.tif"))
+        for name in ("img2d", "mask2d")
+    )
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing from the stardist installation")
+    return paths
+
+
+def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """Maps the ``low`` and ``high`` percentiles to 0 and 1 (float32, not clipped).
+
+    Percentiles rather than min/max, as in stardist's ``normalize``: a few hot pixels
+    would otherwise set the scale.
+    """
+    lo, hi = np.percentile(image, (low, high))
+    return ((image.astype(np.float32) - lo) / max(hi - lo, 1e-6)).astype(np.float32)
+
+
+def instances_to_classes(instances: np.ndarray) -> np.ndarray:
+    """Semantic classes from an instance mask ``(H, W)`` (0 is background).
+
+    A pixel of an instance is *boundary* (class 2) when one of its 4-neighbours belongs
+    to background or to another instance; the other instance pixels are *interior*
+    (class 1). This one-pixel inner contour is about 3% of the pixels: a small,
+    imbalanced class, and the one that separates touching nuclei once the interior is
+    labelled by connected components. Pixels outside the image count as the same
+    instance (edge padding), so crops do not invent boundaries at the image border.
+    """
+    padded = np.pad(instances, 1, mode="edge")
+    centre = padded[1:-1, 1:-1]
+    neighbours = (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:])
+    differs = np.zeros(instances.shape, dtype=bool)
+    for neighbour in neighbours:
+        differs |= neighbour != centre
+    classes = np.where(instances > 0, 1, 0)
+    classes[(instances > 0) & differs] = 2
+    return classes.astype(np.int32)
+
+
+def load_splits(validation_start: int = VALIDATION_START) -> tuple[Split, Split]:
+    """The training (left) and validation (right) parts of the image."""
+    import tifffile  # an example dependency, not one of jaxseg's
+
+    image_path, mask_path = data_files()
+    image = normalize(tifffile.imread(image_path))
+    # Classes come from the whole mask, so the split adds no boundary of its own.
+    labels = instances_to_classes(tifffile.imread(mask_path).astype(np.int64))
+    train = Split(image[:, :validation_start], labels[:, :validation_start])
+    validation = Split(image[:, validation_start:], labels[:, validation_start:])
+    return train, validation
+
+
+def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
+    """A random element of the dihedral group: flips and 90-degree rotations."""
+    k = int(rng.integers(4))
+    image, labels = np.rot90(image, k), np.rot90(labels, k)
+    if rng.integers(2):
+        image, labels = image[:, ::-1], labels[:, ::-1]
+    return image, labels
+
+
+def random_crops(
+    split: Split, crop: int, batch_size: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless batches of augmented crops: images ``(B, crop, crop, 1)``, labels ``(B, crop, crop)``.
+
+    Deterministic from ``seed``.
+    """
+    height, width = split.labels.shape
+    if crop > min(height, width):
+        raise ValueError(f"crop={crop} exceeds the training region {height}x{width}")
+    rng = np.random.default_rng(seed)
+    while True:
+        images = np.empty((batch_size, crop, crop, 1), np.float32)
+        labels = np.empty((batch_size, crop, crop), np.int32)
+        for i in range(batch_size):
+            top = int(rng.integers(height - crop + 1))
+            left = int(rng.integers(width - crop + 1))
+            window = np.s_[top : top + crop, left : left + crop]
+            images[i, ..., 0], labels[i] = augment(split.image[window], split.labels[window], rng)
+        yield images, labels

@@ -1,0 +1,15 @@
+"""jaxseg: segmentation losses and metrics as pure, jit-compiled JAX functions."""
+
+from jaxseg._checks import checked as checked
+from jaxseg._checks import validate_values as validate_values
+from jaxseg._overlap import dice_loss as dice_loss
+from jaxseg._overlap import generalized_dice_loss as generalized_dice_loss
+from jaxseg._overlap import iou_loss as iou_loss
+from jaxseg._overlap import jaccard_loss as jaccard_loss
+from jaxseg._overlap import tversky_loss as tversky_loss
+from jaxseg._pixel import cross_entropy as cross_entropy
+from jaxseg._pixel import focal_loss as focal_loss
+from jaxseg._stats import OverlapStats as OverlapStats
+from jaxseg._stats import overlap_stats as overlap_stats
+
+__version__ = "0.1.0"

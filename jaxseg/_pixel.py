@@ -1,0 +1,285 @@
+"""Pixel losses: cross-entropy and focal loss, softmax or sigmoid, in log space.
+
+Every log-probability is computed from the logits (``log_softmax``, ``log_sigmoid``),
+never as ``log(p)``, so values and gradients stay finite for logits of +-1e4 and for
+focal ``gamma`` of 0 or below 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxseg import _checks, _reduce
+
+AxisName = str | tuple[str, ...] | None
+ArrayLike = jax.typing.ArrayLike
+
+_STATIC = ("activation", "ignore_index", "reduction", "axis_name")
+
+
+class _Targets:
+    """Per-class targets, class weights and validity of a batch, in the compute dtype."""
+
+    def __init__(self, logits, labels, where, class_weights, *, activation, ignore_index):
+        num_channels = logits.shape[-1]
+        self.class_shape = (1,) * (logits.ndim - 1) + (num_channels,)
+        self.dtype = _checks.compute_dtype(logits.dtype)
+        self.valid = _checks.valid_mask(labels, num_channels, activation, ignore_index, where)
+        if _checks.is_integer_labels(labels):
+            values = self.per_class(_checks.label_values(num_channels, activation))
+            # Compared in place: XLA fuses the comparison into its consumers.
+            self.y = (labels.astype(jnp.int32)[..., None] == values).astype(self.dtype)
+        else:
+            self.y = labels.astype(self.dtype)
+        self.weights = self.per_class(
+            jnp.ones((num_channels,), self.dtype) if class_weights is None else class_weights
+        )
+
+    def per_class(self, value):
+        """A scalar or ``(classes,)`` vector, shaped to broadcast against the logits."""
+        value = jnp.asarray(value)
+        return value if value.ndim == 0 else value.reshape(self.class_shape)
+
+
+def _log1m_softmax(x: jax.Array, log_p: jax.Array) -> jax.Array:
+    """``log(1 - softmax(x))`` per class, accurate and with finite gradients as p -> 1.
+
+    Only the largest logit can have ``p > 1/2``; for it ``log(1 - p)`` is the
+    log-sum-exp of the other logits minus that of all, which does not cancel. The
+    others use ``log1p(-p)`` with ``p <= 1/2``. Needs at least two classes.
+    """
+    classes = jnp.arange(x.shape[-1]).reshape((1,) * (x.ndim - 1) + (-1,))
+    is_top = classes == jnp.argmax(x, axis=-1, keepdims=True)
+    lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
+    lse_rest = jax.nn.logsumexp(jnp.where(is_top, -jnp.inf, x), axis=-1, keepdims=True)
+    p_rest = jnp.where(is_top, 0, jnp.exp(log_p))
+    return jnp.where(is_top, lse_rest - lse, jnp.log1p(-p_rest))
+
+
+def _log1m_pt_sigmoid(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``log(1 - p_t)`` with ``1 - p_t = p (1 - y) + (1 - p) y`` (soft labels too).
+
+    For hard labels this is ``log_sigmoid(-x)`` (y = 1) or ``log_sigmoid(x)`` (y = 0),
+    as MONAI computes it; for soft labels it is optax's ``1 - p_t``.
+    """
+    return jnp.logaddexp(
+        jax.nn.log_sigmoid(x) + jnp.log1p(-y), jax.nn.log_sigmoid(-x) + jnp.log(y)
+    )
+
+
+def _finish(loss, t: _Targets, norm, *, activation, reduction, axis_name):
+    """Masks excluded pixels out and reduces ``loss`` with normaliser ``norm``."""
+    if activation == "softmax":
+        loss = jnp.where(t.valid, loss, 0)
+        norm = jnp.where(t.valid, norm, 0)
+    else:
+        loss = jnp.where(t.valid[..., None], loss, 0)
+        norm = jnp.broadcast_to(t.valid[..., None], loss.shape)
+    return _reduce.weighted_reduce(loss, norm.astype(loss.dtype), reduction, axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _cross_entropy(
+    logits, labels, where, class_weights, label_smoothing, pos_weight, *, activation,
+    ignore_index, reduction, axis_name,
+):
+    t = _Targets(logits, labels, where, class_weights, activation=activation,
+                 ignore_index=ignore_index)
+    x = logits.astype(t.dtype)
+    num_classes = x.shape[-1]
+    if activation == "softmax":
+        y = (1 - label_smoothing) * t.y + label_smoothing / num_classes
+        loss = -jnp.sum(t.weights * y * jax.nn.log_softmax(x, axis=-1), axis=-1)
+        norm = jnp.sum(t.weights * t.y, axis=-1)
+    else:
+        y = (1 - label_smoothing) * t.y + label_smoothing / 2
+        pos = 1 if pos_weight is None else t.per_class(pos_weight)
+        loss = -t.weights * (
+            pos * y * jax.nn.log_sigmoid(x) + (1 - y) * jax.nn.log_sigmoid(-x)
+        )
+        norm = None
+    return _finish(loss, t, norm, activation=activation, reduction=reduction,
+                   axis_name=axis_name)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _focal_loss(
+    logits, labels, where, class_weights, gamma, alpha, *, activation, ignore_index,
+    reduction, axis_name,
+):
+    t = _Targets(logits, labels, where, class_weights, activation=activation,
+                 ignore_index=ignore_index)
+    x = logits.astype(t.dtype)
+    num_classes = x.shape[-1]
+    if activation == "softmax":
+        log_p = jax.nn.log_softmax(x, axis=-1)
+        modulator = jnp.exp(gamma * _log1m_softmax(x, log_p))
+        if alpha is None:
+            alpha_c = 1
+        elif jnp.ndim(alpha) == 0:
+            # MONAI: 1 - alpha for the background class, alpha for the others.
+            alpha_c = t.per_class(jnp.where(jnp.arange(num_classes) == 0, 1 - alpha, alpha))
+        else:
+            alpha_c = t.per_class(alpha)
+        loss = -jnp.sum(t.weights * alpha_c * t.y * modulator * log_p, axis=-1)
+        norm = jnp.sum(t.weights * t.y, axis=-1)
+    else:
+        bce = -(t.y * jax.nn.log_sigmoid(x) + (1 - t.y) * jax.nn.log_sigmoid(-x))
+        modulator = jnp.exp(gamma * _log1m_pt_sigmoid(x, t.y))
+        loss = t.weights * modulator * bce
+        if alpha is not None:
+            alpha = t.per_class(alpha)
+            loss = (alpha * t.y + (1 - alpha) * (1 - t.y)) * loss
+        norm = None
+    return _finish(loss, t, norm, activation=activation, reduction=reduction,
+                   axis_name=axis_name)
+
+
+def _validate(logits, labels, *, activation, ignore_index, where, class_weights, reduction):
+    _checks.check_logits_labels(
+        logits, labels, activation=activation, ignore_index=ignore_index, where=where
+    )
+    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
+    _checks.check_class_weights(class_weights, jnp.shape(logits)[-1])
+
+
+def _array(x: Any) -> jax.Array | None:
+    return None if x is None else jnp.asarray(x)
+
+
+def cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    activation: str = "softmax",
+    class_weights: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    reduction: str = "mean",
+    axis_name: AxisName = None,
+    label_smoothing: float = 0.0,
+    pos_weight: ArrayLike | None = None,
+) -> jax.Array:
+    r"""Cross-entropy: softmax (exclusive classes) or binary per channel (sigmoid).
+
+    Softmax, per pixel, with smoothed targets :math:`\hat y = (1-\epsilon) y +
+    \epsilon / C` and class weights ``w`` (``torch.nn.functional.cross_entropy``):
+
+    .. math::
+        \ell_i = -\sum_c w_c\, \hat y_{ic} \log \mathrm{softmax}(x_i)_c, \qquad
+        \text{mean} = \sum_i \ell_i \Big/ \sum_i \sum_c w_c\, y_{ic}
+
+    Sigmoid, per pixel and channel, with :math:`\hat y = (1-\epsilon) y + \epsilon/2`
+    and ``pos_weight`` ``q`` (``BCEWithLogitsLoss``):
+    :math:`\ell_{ic} = -w_c [q\, \hat y \log\sigma(x) + (1-\hat y) \log\sigma(-x)]`,
+    mean over valid pixel-channels.
+
+    Args:
+      logits: ``(batch, *spatial, classes)`` float logits.
+      labels: integer ``(batch, *spatial)`` or dense ``(batch, *spatial, classes)``.
+        With ``"sigmoid"`` and one channel, integer label 1 is the foreground.
+      activation: ``"softmax"`` or ``"sigmoid"``.
+      class_weights: ``(classes,)`` non-negative weights.
+      ignore_index: integer label whose pixels are excluded.
+      where: boolean ``(batch, *spatial)``; pixels where False are excluded.
+      reduction: ``"mean"`` over valid pixels (pixel-channels for sigmoid), ``"sum"``,
+        or ``"none"``: ``(batch, *spatial)`` (softmax) or ``(batch, *spatial,
+        classes)`` (sigmoid), 0 at excluded pixels.
+      axis_name: mapped axis name(s): sums and counts become global.
+      label_smoothing: ``epsilon`` in [0, 1].
+      pos_weight: weight of positives (sigmoid only), scalar or ``(classes,)``.
+
+    Returns:
+      A float32 scalar, or the ``"none"`` values.
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxseg
+      >>> logits = jnp.array([[[2.0, 0.0], [0.0, 2.0]]]); labels = jnp.array([[0, 0]])
+      >>> jaxseg.cross_entropy(logits, labels).round(4)
+      Array(1.1269, dtype=float32)
+
+    References:
+      Szegedy et al. Rethinking the Inception Architecture for Computer Vision. CVPR
+      2016 (label smoothing).
+    """
+    _checks.check_option("activation", activation, ("softmax", "sigmoid"))
+    _validate(logits, labels, activation=activation, ignore_index=ignore_index, where=where,
+              class_weights=class_weights, reduction=reduction)
+    _checks.check_unit_interval("label_smoothing", label_smoothing)
+    if pos_weight is not None:
+        if activation != "sigmoid":
+            raise ValueError("`pos_weight` applies to activation='sigmoid' only.")
+        _checks.check_per_class("pos_weight", pos_weight, jnp.shape(logits)[-1])
+        _checks.check_nonnegative("pos_weight", pos_weight)
+    return _cross_entropy(
+        jnp.asarray(logits), jnp.asarray(labels), _array(where), _array(class_weights),
+        label_smoothing, _array(pos_weight), activation=activation,
+        ignore_index=ignore_index, reduction=reduction, axis_name=axis_name,
+    )
+
+
+def focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 2.0,
+    alpha: float | ArrayLike | None = None,
+    activation: str = "softmax",
+    class_weights: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    where: ArrayLike | None = None,
+    reduction: str = "mean",
+    axis_name: AxisName = None,
+) -> jax.Array:
+    r"""Focal loss (Lin et al. 2017), softmax or sigmoid, computed in log space.
+
+    .. math::
+        \ell = -\alpha_t\, (1 - p_t)^{\gamma} \log p_t
+
+    Softmax: summed over classes with the (one-hot or soft) label as ``p_t``'s
+    weight, ``alpha`` a per-class array, or a float meaning ``1 - alpha`` for class 0
+    and ``alpha`` for the others (MONAI); the mean is over valid pixels (weighted by
+    ``class_weights`` as :func:`cross_entropy`). Sigmoid: per pixel and channel,
+    ``alpha`` weighs positives and ``1 - alpha`` negatives (optax, MONAI); for soft
+    labels ``1 - p_t = p (1 - y) + (1 - p) y`` (optax). ``(1 - p_t)^gamma`` is
+    ``exp(gamma log(1 - p_t))`` with ``log(1 - p_t)`` from the logits, so ``gamma = 0``
+    gives cross-entropy exactly and ``gamma < 1`` keeps finite gradients.
+
+    Args:
+      logits: ``(batch, *spatial, classes)`` float logits.
+      labels: integer ``(batch, *spatial)`` or dense ``(batch, *spatial, classes)``.
+      gamma: focusing parameter, >= 0.
+      alpha: balance factor: None, a float in [0, 1], or ``(classes,)``.
+      activation: ``"softmax"`` or ``"sigmoid"``.
+      class_weights, ignore_index, where, reduction, axis_name: as
+        :func:`cross_entropy`.
+
+    Returns:
+      A float32 scalar, or the ``"none"`` values (shapes as :func:`cross_entropy`).
+
+    Examples:
+      >>> import jax.numpy as jnp, jaxseg
+      >>> logits = jnp.array([[[0.0]]]); labels = jnp.array([[1]])
+      >>> jaxseg.focal_loss(logits, labels, activation="sigmoid").round(4)
+      Array(0.1733, dtype=float32)
+
+    References:
+      Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV
+      2017.
+    """
+    _checks.check_option("activation", activation, ("softmax", "sigmoid"))
+    _validate(logits, labels, activation=activation, ignore_index=ignore_index, where=where,
+              class_weights=class_weights, reduction=reduction)
+    _checks.check_nonnegative("gamma", gamma)
+    if alpha is not None:
+        _checks.check_per_class("alpha", alpha, jnp.shape(logits)[-1])
+        _checks.check_unit_interval("alpha", alpha)
+    return _focal_loss(
+        jnp.asarray(logits), jnp.asarray(labels), _array(where), _array(class_weights),
+        gamma, _array(alpha), activation=activation, ignore_index=ignore_index,
+        reduction=reduction, axis_name=axis_name,
+    )
