@@ -17,14 +17,16 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m examples.unet.train
+	$(BIN)/python -m examples.unet.train $(ARGS)
 
 quickstart: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
 	$(BIN)/python -m ruff check jaxseg tests examples bench
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+	# Scale-out tests: a second process with 8 host devices (XLA reads the flag at start).
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -p no:cacheprovider tests/multidevice
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check jaxseg tests examples bench

@@ -154,9 +154,7 @@ def seed_lovasz_softmax(logits: jax.Array, labels: jax.Array) -> jax.Array:
         present.append(gts > 0)
     losses_arr = jnp.stack(losses).astype(jnp.float32)
     present_arr = jnp.stack(present)
-    return jnp.sum(jnp.where(present_arr, losses_arr, 0.0)) / jnp.maximum(
-        jnp.sum(present_arr), 1
-    )
+    return jnp.sum(jnp.where(present_arr, losses_arr, 0.0)) / jnp.maximum(jnp.sum(present_arr), 1)
 
 
 # --- torch peers ------------------------------------------------------------------
@@ -205,7 +203,12 @@ def torch_peers() -> tuple[dict[str, list[tuple[str, TorchLoss, str, str]]], lis
 
         onehot = {"to_onehot_y": True}
         add("dice_loss", "MONAI DiceLoss", monai_losses.DiceLoss(softmax=True, **onehot), "channel")
-        add("dice_ce", "MONAI DiceCELoss", monai_losses.DiceCELoss(softmax=True, **onehot), "channel")
+        add(
+            "dice_ce",
+            "MONAI DiceCELoss",
+            monai_losses.DiceCELoss(softmax=True, **onehot),
+            "channel",
+        )
         add(
             "dice_focal",
             "MONAI DiceFocalLoss",
@@ -219,7 +222,7 @@ def torch_peers() -> tuple[dict[str, list[tuple[str, TorchLoss, str, str]]], lis
             monai_losses.FocalLoss(use_softmax=True, **onehot),
             "channel",
         )
-    except Exception as err:  # noqa: BLE001 - any import failure only drops the peer
+    except Exception as err:  # any import failure only drops the peer
         notes.append(f"MONAI skipped: {type(err).__name__}: {err}")
 
     try:
@@ -239,7 +242,7 @@ def torch_peers() -> tuple[dict[str, list[tuple[str, TorchLoss, str, str]]], lis
             "one-vs-rest sigmoid focal, loop over classes",
         )
         add("lovasz_softmax_loss", "smp LovaszLoss", smp.LovaszLoss("multiclass"), "index")
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         notes.append(f"smp skipped: {type(err).__name__}: {err}")
     return peers, notes
 

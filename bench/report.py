@@ -83,6 +83,8 @@ def machine_info(torch_device: str) -> dict[str, Any]:
         "jax_device_kind": device.device_kind,
         "jax_device_count": jax.device_count(),
         "torch_device": torch_device,
+        # Other processes on the cores make every time longer and noisier.
+        "load_average_1_5_15": list(os.getloadavg()),
     }
     if torch_device.startswith("cuda"):
         import torch
@@ -126,9 +128,9 @@ def _sorted_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def workload_table(result: dict[str, Any], bandwidth: float | None) -> list[str]:
     """Markdown lines for one workload: one row per implementation."""
     lines = [
-        "| loss | implementation | median ms | IQR ms | jaxseg / this | × exp roofline "
+        "| loss | implementation | median ms | IQR ms | n | jaxseg / this | × exp roofline "
         "| compile s | temp MiB | temp × logits | % of stream BW | loss value | note |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for row in _sorted_rows(result["rows"]):
         memory = row.get("memory") or {}
@@ -141,7 +143,8 @@ def workload_table(result: dict[str, Any], bandwidth: float | None) -> list[str]
         value = row.get("loss_value")
         lines.append(
             f"| {row['group']} | {row['name']} | {_ms(row.get('median_s'))} "
-            f"| {_ms(row.get('iqr_s'))} | {_ratio(row.get('jaxseg_over_this'))} "
+            f"| {_ms(row.get('iqr_s'))} | {len(row['samples_s'])} "
+            f"| {_ratio(row.get('jaxseg_over_this'))} "
             f"| {_ratio(row.get('over_roofline'))} "
             f"| {'—' if compile_s is None else f'{compile_s:.2f}'} | {_mib(temp)} | {multiple} "
             f"| {efficiency} | {'—' if value is None else f'{value:.5g}'} | {row['note']} |"
@@ -168,6 +171,8 @@ def summary_table(results: list[dict[str, Any]]) -> list[str]:
                 f"| {result['workload']['title']} | {group} | {_ms(ours[0]['median_s'])} "
                 f"| {cells}; exp roofline {roof} |"
             )
+    if len(lines) == 2:
+        lines.append("| — | — | — | no jaxseg function ran |")
     return lines
 
 
@@ -184,9 +189,18 @@ def markdown(payload: dict[str, Any]) -> str:
         f"`{machine['jax_backend']}` ({machine['jax_device_kind']}); torch on "
         f"`{machine['torch_device']}` with {settings['torch_threads']} threads.",
         f"- Versions: {version_text}.",
-        f"- Settings: repeats {settings['repeats']}, warm-up {settings['warmup']} calls, "
-        f"quick={settings['quick']}, wall time {payload['wall_s']:.0f} s.",
+        f"- Settings: up to {settings['repeats']} interleaved rounds, a timing budget of "
+        f"{settings['budget_s']:.0f} s per workload (implementations slower than their share "
+        f"take part in fewer rounds, at least {settings['min_samples']}; `n` is the sample "
+        f"count), up to {settings['warmup']} warm-up calls; wall time {payload['wall_s']:.0f} s, "
+        f"CPU time {payload['cpu_s']:.0f} s; load average at the start "
+        f"{machine['load_average_1_5_15'][0]:.1f} on {machine['cores']} cores.",
     ]
+    if settings["quick"]:
+        lines.append(
+            "- **Quick mode**: tiny shapes, XLA backend optimisation level 0, JAX peers on the "
+            "first workload only. A smoke test of the bench; do not quote these numbers."
+        )
     if bw:
         lines.append(
             f"- Stream bandwidth ({bandwidth['method']}, "
@@ -202,7 +216,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "over the rounds. `jaxseg / this` is jaxseg's median over that row's median in the same "
         "run (below 1: jaxseg is faster). `× exp roofline` is the row's median over one fused "
         "elementwise `exp` forward+backward over the same logits. Memory is XLA's "
-        "`compiled.memory_analysis()` temporary buffers, also as a multiple of the logits' "
+        "`compiled.memory_analysis()` temporary buffers (for torch on CUDA, the allocator's "
+        "peak over one pass above what it held before), also as a multiple of the logits' "
         "bytes. `% of stream BW` is the least traffic of the pass (read logits and labels, "
         "write the gradient) over the time, as a share of the measured stream bandwidth. "
         "Torch peers run channels-first in float32 in every workload, bfloat16 ones "
@@ -249,7 +264,11 @@ def chart(payload: dict[str, Any], path: Path) -> None:
         ax.bar(
             positions,
             [r["median_s"] * 1e3 for r in rows],
-            yerr=[r["iqr_s"] * 1e3 / 2 for r in rows],
+            # Whiskers from the first to the third quartile: the spread the table reports.
+            yerr=[
+                [(r["median_s"] - r["q1_s"]) * 1e3 for r in rows],
+                [(r["q3_s"] - r["median_s"]) * 1e3 for r in rows],
+            ],
             color=[FAMILY_COLOURS.get(family(r["name"]), "#bcbd22") for r in rows],
         )
         if roof:

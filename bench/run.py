@@ -13,9 +13,11 @@ overwrites real results). See `bench/timing.py` for the timing method.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +65,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--repeats",
         type=int,
         default=None,
-        help="interleaved rounds per workload (default: 15, or 5 with --quick)",
+        help="interleaved rounds per workload, the most samples per implementation "
+        "(default: 15, 3 with --quick)",
     )
-    parser.add_argument("--warmup", type=int, default=3, help="warm-up calls per implementation")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="timing budget per workload in seconds, shared equally by the implementations; "
+        "slow ones get fewer samples, at least --min-samples (default: 30, 2 with --quick)",
+    )
+    parser.add_argument(
+        "--min-samples", type=int, default=3, help="fewest samples per implementation"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up calls per implementation (default: 3, 2 with --quick)",
+    )
     parser.add_argument(
         "--min-sample-ms",
         type=float,
         default=None,
-        help="shorter calls are repeated within one timed sample (default: 20, 2 with --quick)",
+        help="shorter calls are repeated within one timed sample (default: 20, 1 with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="small shapes, a smoke test")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch peers")
@@ -82,9 +100,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 5 if args.quick else 15
+        args.repeats = 3 if args.quick else 15
+    if args.budget_s is None:
+        args.budget_s = 2.0 if args.quick else 30.0
+    if args.warmup is None:
+        args.warmup = 2 if args.quick else 3
+    args.min_samples = min(args.min_samples, args.repeats)
     if args.min_sample_ms is None:
-        args.min_sample_ms = 2.0 if args.quick else 20.0
+        args.min_sample_ms = 1.0 if args.quick else 20.0
     return args
 
 
@@ -104,7 +127,7 @@ def jaxseg_functions(groups: list[str], notes: list[str]) -> dict[str, Any]:
     """The jaxseg functions that exist now; a note for each one that does not."""
     try:
         import jaxseg
-    except Exception as err:  # noqa: BLE001 - a half-written package must not stop the bench
+    except Exception as err:  # a half-written package must not stop the bench
         notes.append(f"jaxseg not importable ({type(err).__name__}: {err}); jaxseg rows skipped")
         return {}
     found = {}
@@ -126,50 +149,73 @@ def bench_workload(
     workload: Workload,
     groups: list[str],
     ours: dict[str, Any],
-    jax_peers: dict[str, list[tuple[str, Any, str]]],
+    jax_peers: dict[str, list[tuple[str, Any, str]]] | None,
     torch_peers: dict[str, list[tuple[str, Any, str, str]]],
     torch_device: str,
     args: argparse.Namespace,
     notes: list[str],
 ) -> dict[str, Any]:
     """Compile, warm up and time every implementation of one workload, interleaved."""
+    started = time.perf_counter()
     logits_np, labels_np = workload.data()
     logits = jnp.asarray(logits_np, dtype=workload.dtype)
     labels = jnp.asarray(labels_np)
     logits_cf = np.ascontiguousarray(np.moveaxis(logits_np, -1, 1))
 
-    prepared: list[timing.Prepared] = []
+    # A smoke test needs programs that run, not fast ones: on CPU, the lowest XLA
+    # backend optimisation level roughly halves compile time, which dominates `--quick`.
+    cpu = jax.default_backend() == "cpu"
+    options = {"xla_backend_optimization_level": 0} if args.quick and cpu else None
 
-    def attempt(label: str, build: Any) -> None:
-        try:
-            item = build()
-            timing.warm_up(item, args.warmup, args.min_sample_ms / 1e3)
-        except Exception as err:  # noqa: BLE001 - one broken implementation skips one row
-            notes.append(f"{workload.title}: {label} skipped ({_first_line(err)})")
-            print(f"  skip {label}: {_first_line(err)}", flush=True)
-            return
-        prepared.append(item)
+    def jax_case(group: str, name: str, fn: Any, note: str = "") -> Callable[[], timing.Prepared]:
+        return lambda: timing.prepare_jax(group, name, fn, logits, labels, note, options)
 
-    def jax_case(group: str, name: str, fn: Any, note: str = "") -> Any:
-        return lambda: timing.prepare_jax(group, name, fn, logits, labels, note)
+    def torch_case(group: str, name: str, loss: Any, layout: str, note: str) -> Any:
+        note = "; ".join(filter(None, ["float32", note]))
+        return lambda: timing.prepare_torch(
+            group, name, loss, logits_cf, labels_np, layout, torch_device, note
+        )
 
-    attempt("exp roofline", jax_case("roofline", "exp fwd+bwd", peers.exp_roofline))
+    cases: list[tuple[str, Callable[[], timing.Prepared]]] = [
+        ("exp roofline", jax_case("roofline", "exp fwd+bwd", peers.exp_roofline))
+    ]
     for group in groups:
         if group in ours:
-            attempt(f"jaxseg.{group}", jax_case(group, "jaxseg", ours[group]))
-        for name, fn, note in jax_peers.get(group, []):
-            attempt(f"{group} {name}", jax_case(group, name, fn, note))
+            cases.append((f"jaxseg.{group}", jax_case(group, "jaxseg", ours[group])))
+        for name, fn, note in (jax_peers or {}).get(group, []):
+            cases.append((f"{group} {name}", jax_case(group, name, fn, note)))
         for name, loss, layout, note in torch_peers.get(group, []):
-            torch_note = "; ".join(filter(None, ["float32", note]))
-            attempt(
-                f"{group} {name}",
-                lambda g=group, n=name, lo=loss, la=layout, no=torch_note: timing.prepare_torch(
-                    g, n, lo, logits_cf, labels_np, la, torch_device, no
-                ),
-            )
+            cases.append((f"{group} {name}", torch_case(group, name, loss, layout, note)))
 
-    print(f"  {len(prepared)} implementations compiled and warmed up; timing...", flush=True)
+    def skip(label: str, err: BaseException) -> None:
+        notes.append(f"{workload.title}: {label} skipped ({_first_line(err)})")
+        print(f"  skip {label}: {_first_line(err)}", flush=True)
+
+    # Compiling two programs at once overlaps one's Python tracing with the other's
+    # XLA compilation (which releases the GIL); it would distort the compile times,
+    # so only the smoke test does it.
+    workers = min(2, report.core_count()) if args.quick else 1
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = [(label, pool.submit(build)) for label, build in cases]
+    prepared: list[timing.Prepared] = []
+    for label, future in futures:
+        # Warm-ups run one at a time, after all compilation, on a quiet machine.
+        try:
+            item = future.result()
+            timing.warm_up(item, args.warmup, args.min_sample_ms / 1e3)
+        except Exception as err:  # one broken implementation skips one row
+            skip(label, err)
+            continue
+        prepared.append(item)
+
+    prepare_s = time.perf_counter() - started
+    print(
+        f"  {len(prepared)} implementations compiled and warmed up in {prepare_s:.0f} s; timing...",
+        flush=True,
+    )
+    timing.plan_samples(prepared, args.repeats, args.budget_s, args.min_samples)
     timing.run_interleaved(prepared, args.repeats)
+    timed_s = time.perf_counter() - started - prepare_s
 
     rows = []
     for item in prepared:
@@ -209,6 +255,8 @@ def bench_workload(
             "title": workload.title,
         },
         "logits_bytes": workload.logits_bytes(),
+        "prepare_s": prepare_s,
+        "timing_s": timed_s,
         "rows": rows,
     }
 
@@ -218,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
     workloads = make_workloads(
-        [w for w in args.workloads.split(",") if w], [d for d in args.dtypes.split(",") if d], args.quick
+        [w for w in args.workloads.split(",") if w],
+        [d for d in args.dtypes.split(",") if d],
+        args.quick,
     )
     groups = [g for g in args.losses.split(",") if g]
     unknown = sorted(set(groups) - set(JAXSEG_FUNCTIONS))
@@ -245,14 +295,25 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch_device}, {machine['cores']} cores",
         flush=True,
     )
-    bandwidth = timing.measure_bandwidth()
+    bandwidth = timing.measure_bandwidth(args.quick)
     print(f"stream bandwidth {bandwidth['bytes_per_s'] / 1e9:.1f} GB/s", flush=True)
 
     results = []
     for workload in workloads:
         print(f"== {workload.title}", flush=True)
+        # The JAX peers' code depends on neither rank, class count nor dtype: a smoke
+        # test compiles them for the first workload only, since compilation is most
+        # of its time. jaxseg and the roofline still run everywhere.
+        skip_peers = args.quick and workload != workloads[0]
         result = bench_workload(
-            workload, groups, ours, jax_peers, torch_peers, torch_device, args, notes
+            workload,
+            groups,
+            ours,
+            None if skip_peers else jax_peers,
+            torch_peers,
+            torch_device,
+            args,
+            notes,
         )
         results.append(result)
         print("\n".join(report.workload_table(result, bandwidth["bytes_per_s"])), flush=True)
@@ -264,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "workloads": [w.title for w in workloads],
             "repeats": args.repeats,
+            "budget_s": args.budget_s,
+            "min_samples": args.min_samples,
             "warmup": args.warmup,
             "min_sample_ms": args.min_sample_ms,
             "quick": args.quick,
@@ -274,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "results": results,
         "wall_s": time.perf_counter() - started,
+        # CPU time of this process: next to the wall time and the load average at
+        # the start, it tells whether other processes competed for the cores.
+        "cpu_s": time.process_time(),
     }
     written = report.write_all(payload, args.out, suffix="-quick" if args.quick else "")
     print("\n".join(["", "## Summary", *report.summary_table(results)]))

@@ -9,6 +9,10 @@ starting point rotated each round so that no implementation always follows the
 same neighbour. Interleaving spreads slow drifts of the machine (frequency,
 other tenants, page cache) over all implementations instead of biasing
 whichever ran last. Each call blocks until its results are ready.
+
+A time budget per workload bounds the run: implementations whose calls take
+seconds (Lovász sorts, smp's per-class focal loop) take part in fewer rounds,
+evenly spaced, and never fewer than three.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Prepared:
     memory: dict[str, int] | None = None
     loss_value: float | None = None
     inner: int = 1  # calls per timed sample, so that a sample is long enough to time
+    estimate_s: float = 0.0  # steady-state time of one call, from the warm-up
+    planned: int = 0  # rounds this implementation takes part in
     samples: list[float] = dataclasses.field(default_factory=list)
 
 
@@ -45,7 +51,7 @@ def _memory_stats(compiled: Any) -> dict[str, int] | None:
     """XLA's static buffer assignment for a compiled executable, if the backend has one."""
     try:
         stats = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - some backends do not implement it
+    except Exception:  # some backends do not implement it
         return None
     if stats is None:
         return None
@@ -60,10 +66,12 @@ def prepare_jax(
     logits: jax.Array,
     labels: jax.Array,
     note: str = "",
+    compiler_options: dict[str, Any] | None = None,
 ) -> Prepared:
     """Compile `value_and_grad(loss)` for these arrays and wrap one blocking call."""
     start = time.perf_counter()
-    compiled = jax.jit(jax.value_and_grad(loss)).lower(logits, labels).compile()
+    lowered = jax.jit(jax.value_and_grad(loss)).lower(logits, labels)
+    compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
     compile_s = time.perf_counter() - start
 
     def step() -> float:
@@ -103,33 +111,76 @@ def prepare_torch(
             torch.cuda.synchronize()
         return value.detach()
 
-    return Prepared(group, name, "torch", note, step)
+    memory = None
+    if cuda:
+        # The CUDA caching allocator's peak over one pass, above what is held
+        # before it: the counterpart of XLA's temporary buffers (gradient included).
+        step()
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        memory = {"temp_size_in_bytes": int(torch.cuda.max_memory_allocated() - held)}
+    return Prepared(group, name, "torch", note, step, memory=memory)
 
 
 def warm_up(prepared: Prepared, calls: int, min_sample_s: float) -> None:
-    """Run a few calls, record the loss value, and choose calls per timed sample."""
+    """Run a few calls, record the loss value and a time estimate, choose calls per sample.
+
+    The first call pays for lazy initialisation and allocation; the next ones
+    estimate the steady time. A first call slower than a second already is its
+    own estimate (allocation is a small part of it), and calls slower than a
+    quarter second get one more call only: more would add minutes and teach nothing.
+    """
+    start = time.perf_counter()
     value = prepared.step()
+    elapsed = time.perf_counter() - start
     prepared.loss_value = float(np.asarray(value, dtype=np.float32))
-    elapsed = math.inf
-    for _ in range(max(calls - 1, 1)):
-        start = time.perf_counter()
-        prepared.step()
-        elapsed = min(elapsed, time.perf_counter() - start)
+    if elapsed < 1.0:
+        elapsed = math.inf
+        for index in range(max(calls - 1, 1)):
+            if index > 0 and elapsed > 0.25:
+                break
+            start = time.perf_counter()
+            prepared.step()
+            elapsed = min(elapsed, time.perf_counter() - start)
+    prepared.estimate_s = elapsed
     # Sub-millisecond calls are timed in batches so that timer resolution and
     # Python overhead around perf_counter stay negligible.
     prepared.inner = int(min(max(math.ceil(min_sample_s / max(elapsed, 1e-7)), 1), 100))
 
 
-def run_interleaved(prepared: list[Prepared], repeats: int) -> None:
-    """Append `repeats` per-call times to each implementation's samples, round-robin."""
+def plan_samples(prepared: list[Prepared], rounds: int, budget_s: float, min_samples: int) -> None:
+    """Choose how many of the rounds each implementation takes part in.
+
+    Every implementation gets an equal share of the time budget, capped at one
+    sample per round and floored at `min_samples`: fast implementations run in
+    every round, and a 10-second Lovász pass does not stretch the whole run.
+    """
+    share = budget_s / max(len(prepared), 1)
+    for item in prepared:
+        per_sample = item.estimate_s * item.inner
+        item.planned = int(min(max(share // max(per_sample, 1e-9), min_samples), rounds))
+
+
+def _runs_in_round(planned: int, rounds: int, index: int) -> bool:
+    # True in exactly `planned` of the `rounds` rounds, spread evenly over them,
+    # so a slow implementation's samples still span the whole timing phase.
+    return (index * planned) // rounds != ((index + 1) * planned) // rounds
+
+
+def run_interleaved(prepared: list[Prepared], rounds: int) -> None:
+    """Append per-call times to each implementation's samples, round-robin over rounds."""
     count = len(prepared)
-    for round_index in range(repeats):
+    for round_index in range(rounds):
         # Collect between rounds, never inside a timed sample.
         gc.collect()
         gc.disable()
         try:
             for k in range(count):
                 item = prepared[(round_index + k) % count]
+                if not _runs_in_round(item.planned, rounds, round_index):
+                    continue
                 start = time.perf_counter()
                 for _ in range(item.inner):
                     item.step()
@@ -141,10 +192,15 @@ def run_interleaved(prepared: list[Prepared], repeats: int) -> None:
 def summarize(samples: list[float]) -> dict[str, float]:
     """Median, quartiles and IQR of a list of times in seconds."""
     q1, median, q3 = np.percentile(np.asarray(samples), [25, 50, 75])
-    return {"median_s": float(median), "q1_s": float(q1), "q3_s": float(q3), "iqr_s": float(q3 - q1)}
+    return {
+        "median_s": float(median),
+        "q1_s": float(q1),
+        "q3_s": float(q3),
+        "iqr_s": float(q3 - q1),
+    }
 
 
-def measure_bandwidth() -> dict[str, float | str]:
+def measure_bandwidth(quick: bool = False) -> dict[str, float | str]:
     """Device memory bandwidth from a large device-to-device streaming copy.
 
     `y = x + 1` over a buffer much larger than any cache reads and writes every
@@ -154,6 +210,8 @@ def measure_bandwidth() -> dict[str, float | str]:
     backend = jax.default_backend()
     # 1 GiB saturates HBM on a GPU or TPU; on a CPU 256 MiB already dwarfs the caches.
     nbytes = (1 << 30) if backend in ("gpu", "cuda", "rocm", "tpu") else (256 << 20)
+    if quick:
+        nbytes //= 4
     x = jnp.zeros((nbytes // 4,), jnp.float32)
     stream = jax.jit(lambda a: a + 1.0).lower(x).compile()
     jax.block_until_ready(stream(x))

@@ -1,7 +1,18 @@
 """jaxseg: segmentation losses and metrics as pure, jit-compiled JAX functions."""
 
+from jaxseg import metrics as metrics
 from jaxseg._checks import checked as checked
 from jaxseg._checks import validate_values as validate_values
+from jaxseg._combinators import CombinedLoss as CombinedLoss
+from jaxseg._combinators import combine as combine
+from jaxseg._combinators import deep_supervision as deep_supervision
+from jaxseg._combinators import log_transform as log_transform
+from jaxseg._combinators import with_components as with_components
+from jaxseg._compound import bce_log_dice as bce_log_dice
+from jaxseg._compound import dice_ce as dice_ce
+from jaxseg._compound import dice_focal as dice_focal
+from jaxseg._lovasz import lovasz_hinge_loss as lovasz_hinge_loss
+from jaxseg._lovasz import lovasz_softmax_loss as lovasz_softmax_loss
 from jaxseg._overlap import dice_loss as dice_loss
 from jaxseg._overlap import generalized_dice_loss as generalized_dice_loss
 from jaxseg._overlap import iou_loss as iou_loss

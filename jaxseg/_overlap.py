@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _reduce, _stats
+from jaxseg import _checks, _reduce, _softmax_stats, _stats
 from jaxseg._stats import OverlapStats
 
 EMPTY_POLICIES = ("smooth", "exclude", "complement")
@@ -126,17 +126,23 @@ def _stats_for_loss(
     logits, labels, where, *, activation, ignore_index, squared, soft_label, include_background,
     batch, axis_name,
 ) -> OverlapStats:
-    inputs = _checks.prepare(
-        logits, labels, activation=activation, ignore_index=ignore_index, where=where
-    )
-    stats = _stats.compute_stats(
-        inputs.probs,
-        inputs.labels,
-        inputs.valid,
-        inputs.label_values,
-        squared=squared,
-        soft_label=soft_label,
-    )
+    if activation == "softmax" and not squared and _checks.is_integer_labels(labels):
+        # The commonest case has a fused pass (same statistics, cheaper gradient).
+        valid = _checks.valid_mask(labels, logits.shape[-1], activation, ignore_index, where)
+        x = logits.astype(_checks.compute_dtype(logits.dtype))
+        stats = _softmax_stats.softmax_overlap_stats(x, labels.astype(jnp.int32), valid)
+    else:
+        inputs = _checks.prepare(
+            logits, labels, activation=activation, ignore_index=ignore_index, where=where
+        )
+        stats = _stats.compute_stats(
+            inputs.probs,
+            inputs.labels,
+            inputs.valid,
+            inputs.label_values,
+            squared=squared,
+            soft_label=soft_label,
+        )
     if batch:
         stats = _stats.sum_over_batch(stats, axis_name)
     if not include_background:

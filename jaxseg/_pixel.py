@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _reduce
+from jaxseg import _checks, _reduce, _softmax_stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -82,11 +82,35 @@ def _finish(loss, t: _Targets, norm, *, activation, reduction, axis_name):
     return _reduce.weighted_reduce(loss, norm.astype(loss.dtype), reduction, axis_name)
 
 
+def _fused_cross_entropy(
+    logits, labels, where, class_weights, label_smoothing, *, ignore_index, reduction, axis_name
+):
+    """Softmax cross-entropy of integer labels from the fused statistics pass."""
+    num_classes = logits.shape[-1]
+    x = logits.astype(_checks.compute_dtype(logits.dtype))
+    valid = _checks.valid_mask(labels, num_classes, "softmax", ignore_index, where)
+    labels = labels.astype(jnp.int32)
+    weights = (
+        jnp.ones((num_classes,), x.dtype) if class_weights is None else class_weights.astype(x.dtype)
+    )
+    fused = _softmax_stats.softmax_stats(
+        x, labels, valid, weights, jnp.asarray(label_smoothing, x.dtype)
+    )
+    label_sum, _ = _softmax_stats.label_counts(labels, valid, num_classes, x.dtype)
+    norm = jnp.sum(label_sum * weights.reshape(1, -1), axis=-1)
+    return _reduce.weighted_reduce(fused.ce_sum, norm, reduction, axis_name)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _cross_entropy(
     logits, labels, where, class_weights, label_smoothing, pos_weight, *, activation,
     ignore_index, reduction, axis_name,
 ):
+    if activation == "softmax" and reduction != "none" and _checks.is_integer_labels(labels):
+        return _fused_cross_entropy(
+            logits, labels, where, class_weights, label_smoothing, ignore_index=ignore_index,
+            reduction=reduction, axis_name=axis_name,
+        )
     t = _Targets(logits, labels, where, class_weights, activation=activation,
                  ignore_index=ignore_index)
     x = logits.astype(t.dtype)

@@ -112,9 +112,10 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
 def random_crops(
     split: Split, crop: int, batch_size: int, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless batches of augmented crops: images ``(B, crop, crop, 1)``, labels ``(B, crop, crop)``.
+    """Endless batches of augmented crops, deterministic from ``seed``.
 
-    Deterministic from ``seed``.
+    Yields images ``(batch_size, crop, crop, 1)`` float32 and labels
+    ``(batch_size, crop, crop)`` int32.
     """
     height, width = split.labels.shape
     if crop > min(height, width):

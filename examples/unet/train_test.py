@@ -1,0 +1,138 @@
+"""Tests of the U-Net example: data, model, a few training steps, data parallelism."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from examples.unet import input_pipeline, train
+from examples.unet.configs import default
+from examples.unet.models import UNet
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Tiny crops keep each step a few milliseconds; compiling dominates these tests.
+TINY = dataclasses.replace(
+    default.get_config(), steps=30, batch_size=4, crop=32, warmup_steps=5, eval_every=1000
+)
+
+
+def test_instances_to_classes_marks_contours():
+    instances = np.zeros((6, 8), np.int64)
+    instances[1:5, 1:4] = 1
+    instances[1:5, 4:7] = 2  # touches instance 1 along a vertical edge
+    classes = input_pipeline.instances_to_classes(instances)
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 2, 2, 2, 2, 2, 2, 0],
+            [0, 2, 1, 2, 2, 1, 2, 0],
+            [0, 2, 1, 2, 2, 1, 2, 0],
+            [0, 2, 2, 2, 2, 2, 2, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+        ]
+    )
+    np.testing.assert_array_equal(classes, expected)
+
+
+def test_instances_at_the_image_border_get_no_boundary_there():
+    classes = input_pipeline.instances_to_classes(np.ones((3, 3), np.int64))
+    np.testing.assert_array_equal(classes, np.ones((3, 3)))
+
+
+def test_splits_hold_out_the_right_quarter():
+    train_split, validation = input_pipeline.load_splits()
+    assert train_split.image.shape == train_split.labels.shape == (512, 384)
+    assert validation.image.shape == validation.labels.shape == (512, 128)
+    assert train_split.image.dtype == np.float32
+    assert set(np.unique(validation.labels)) == {0, 1, 2}
+    boundary = np.mean(train_split.labels == 2)
+    assert 0.01 < boundary < 0.1  # small and imbalanced, as documented
+
+
+def test_random_crops_are_deterministic_and_augmented():
+    train_split, _ = input_pipeline.load_splits()
+    first = next(input_pipeline.random_crops(train_split, 48, 3, seed=7))
+    again = next(input_pipeline.random_crops(train_split, 48, 3, seed=7))
+    other = next(input_pipeline.random_crops(train_split, 48, 3, seed=8))
+    assert first[0].shape == (3, 48, 48, 1) and first[1].shape == (3, 48, 48)
+    assert first[1].dtype == np.int32
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], other[0])
+
+
+def test_unet_is_channels_last_and_fully_convolutional():
+    model = UNet(1, 3, features=(4, 8), rngs=nnx.Rngs(0))
+    assert model(jnp.zeros((2, 16, 24, 1))).shape == (2, 16, 24, 3)
+
+
+def test_training_reduces_the_loss():
+    losses = train.train_losses(TINY)
+    assert all(np.isfinite(losses))
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
+def test_main_writes_figure_checkpoint_and_metrics(tmp_path):
+    argv = ["--steps", "2", "--batch-size", "2", "--crop", "32", "--eval-every", "1"]
+    summary = train.main([*argv, "--loss", "dice_focal", "--out", str(tmp_path)])
+    for name in ("unet_nuclei.png", "params.npz", "metrics.json"):
+        assert (tmp_path / name).is_file()
+    assert summary["history"]["step"] == [1, 2]
+    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["loss"] == "dice_focal"
+
+    model = UNet(1, 3, rngs=nnx.Rngs(1))
+    train.load_checkpoint(tmp_path / "params.npz", model)
+    with np.load(tmp_path / "params.npz") as saved:
+        np.testing.assert_array_equal(saved["head/kernel"], model.head.kernel[...])
+
+
+DATA_PARALLEL_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, json
+    import jax
+    from examples.unet import train
+    from examples.unet.configs import default
+
+    assert jax.device_count() == 8, jax.devices()
+    config = dataclasses.replace(
+        default.get_config(), steps=4, batch_size=8, crop=32, warmup_steps=2
+    )
+    single = train.train_losses(config)
+    sharded = train.train_losses(dataclasses.replace(config, data_parallel=True))
+    try:
+        train.DataParallel().shard_batch(jax.numpy.zeros((4, 2)))
+        raise AssertionError("a batch of 4 over 8 devices must be rejected")
+    except ValueError:
+        pass
+    print(json.dumps({"single": single, "sharded": sharded}))
+    """
+)
+
+
+@pytest.mark.multidevice
+def test_data_parallel_matches_single_device():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = " ".join(
+        [env.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
+    ).strip()
+    result = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL_SCRIPT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = json.loads(result.stdout.strip().splitlines()[-1])
+    # The sharded batch reduces in another order: equal up to float32 rounding.
+    np.testing.assert_allclose(losses["sharded"], losses["single"], rtol=1e-5, atol=1e-6)

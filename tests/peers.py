@@ -1,0 +1,179 @@
+"""Peer oracles: MONAI and PyTorch on channels-first copies, optax in JAX, and the jaxseg side.
+
+Every helper returns ``(value, gradient w.r.t. the logits)`` as float64 NumPy arrays,
+the gradient channels-last like the logits. With a ``cotangent`` the gradient is that
+of ``sum(cotangent * value)`` (for ``reduction="none"``). torch and MONAI are imported
+lazily and skipped with a clear reason when missing: they are test oracles, never a
+dependency of jaxseg.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+_TORCH_REASON = "torch is a test oracle only (pip install 'jaxseg[test]')"
+_MONAI_REASON = "MONAI is a test oracle only (pip install 'jaxseg[test]')"
+
+
+def torch():
+    return pytest.importorskip("torch", reason=_TORCH_REASON)
+
+
+def monai_losses():
+    torch()
+    return pytest.importorskip("monai.losses", reason=_MONAI_REASON)
+
+
+def optax():
+    return pytest.importorskip("optax", reason="optax is a test oracle (pip install optax)")
+
+
+# ---------------------------------------------------------------------------------------
+# Layout
+
+
+def channels_first(x):
+    """``(batch, *spatial, classes)`` -> ``(batch, classes, *spatial)``."""
+    return np.moveaxis(np.asarray(x), -1, 1)
+
+
+def channels_last(x):
+    return np.moveaxis(np.asarray(x), 1, -1)
+
+
+def _logits_tensor(logits):
+    t = torch()
+    return t.tensor(channels_first(logits).astype(np.float64), requires_grad=True)
+
+
+def _target_tensor(labels):
+    """Integer labels -> ``(batch, 1, *spatial)`` int64; dense -> channels-first float64."""
+    t = torch()
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iub":
+        return t.tensor(labels[:, None].astype(np.int64))
+    return t.tensor(channels_first(labels).astype(np.float64))
+
+
+def _backward(out, x, cotangent, grad_layout):
+    t = torch()
+    if cotangent is None:
+        out.sum().backward()
+    else:
+        cotangent = t.tensor(np.asarray(cotangent, np.float64))
+        if cotangent.numel() == out.numel():  # e.g. MONAI's (B, C, 1, 1) for jaxseg's (B, C)
+            cotangent = cotangent.reshape(out.shape)
+        (out * cotangent).sum().backward()
+    grad = x.grad.detach().numpy()
+    return out.detach().numpy().astype(np.float64), grad_layout(grad).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# MONAI
+
+
+def monai(name, logits, labels, *, cotangent=None, **options):
+    """``monai.losses.<name>(**options)`` on channels-first float64 copies.
+
+    Integer labels are passed as ``(batch, 1, *spatial)`` (use ``to_onehot_y=True``
+    for several channels; one channel takes the 0/1 mask as it is).
+    """
+    loss = getattr(monai_losses(), name)(**options)
+    x = _logits_tensor(logits)
+    target = _target_tensor(labels)
+    if np.shape(logits)[-1] == 1 and target.dtype != x.dtype:
+        target = target.to(x.dtype)
+    return _backward(loss(x, target), x, cotangent, channels_last)
+
+
+# ---------------------------------------------------------------------------------------
+# PyTorch
+
+
+def torch_cross_entropy(logits, labels, *, cotangent=None, weight=None, **options):
+    """``torch.nn.functional.cross_entropy`` on channels-first float64 copies."""
+    t = torch()
+    x = _logits_tensor(logits)
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iub":
+        target = t.tensor(labels.astype(np.int64))
+    else:
+        target = t.tensor(channels_first(labels).astype(np.float64))
+    if weight is not None:
+        weight = t.tensor(np.asarray(weight, np.float64))
+    out = t.nn.functional.cross_entropy(x, target, weight=weight, **options)
+    return _backward(out, x, cotangent, channels_last)
+
+
+def torch_bce_with_logits(logits, targets, *, cotangent=None, weight=None, pos_weight=None,
+                          **options):
+    """``binary_cross_entropy_with_logits``; elementwise, so channels-last is kept.
+
+    (In PyTorch's channels-first layout a per-class ``pos_weight`` must be reshaped to
+    ``(C, 1, ...)``; channels-last it broadcasts against the last axis as given.)
+    """
+    t = torch()
+    x = t.tensor(np.asarray(logits, np.float64), requires_grad=True)
+    y = t.tensor(np.asarray(targets, np.float64))
+    as_tensor = lambda v: None if v is None else t.tensor(np.asarray(v, np.float64))
+    out = t.nn.functional.binary_cross_entropy_with_logits(
+        x, y, weight=as_tensor(weight), pos_weight=as_tensor(pos_weight), **options
+    )
+    return _backward(out, x, cotangent, lambda g: g)
+
+
+# ---------------------------------------------------------------------------------------
+# optax (JAX, float32)
+
+
+def optax_value_and_grad(name, logits, labels, **options):
+    """``optax.losses.<name>(logits, labels, **options).mean()`` and its gradient."""
+    fn = getattr(optax().losses, name)
+    value, grad = jax.value_and_grad(lambda x: jnp.mean(fn(x, labels, **options)))(
+        jnp.asarray(logits)
+    )
+    return np.float64(value), np.asarray(grad, np.float64)
+
+
+# ---------------------------------------------------------------------------------------
+# The jaxseg side, compiled once per (loss, static options)
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (np.ndarray, jax.Array))
+
+
+@functools.cache
+def _compiled(loss, static, array_names, with_cotangent):
+    def run(logits, labels, arrays, cotangent):
+        def objective(x):
+            out = loss(x, labels, **dict(static), **arrays)
+            return (jnp.sum(out * cotangent) if with_cotangent else out), out
+
+        (_, out), grad = jax.value_and_grad(objective, has_aux=True)(logits)
+        return out, grad
+
+    return jax.jit(run)
+
+
+def jaxseg_value_and_grad(loss, logits, labels, *, cotangent=None, **options):
+    """``loss(logits, labels, **options)`` and its gradient, under one ``jit``.
+
+    Array-valued options (``where``, ``class_weights``, ...) are traced arguments, the
+    others static, so a case compiles once per shape.
+    """
+    arrays = {k: v for k, v in options.items() if _is_array(v)}
+    static = tuple(sorted((k, v) for k, v in options.items() if k not in arrays))
+    fn = _compiled(loss, static, tuple(sorted(arrays)), cotangent is not None)
+    out, grad = fn(
+        jnp.asarray(logits),
+        jnp.asarray(labels),
+        {k: jnp.asarray(v) for k, v in arrays.items()},
+        None if cotangent is None else jnp.asarray(cotangent, jnp.float32),
+    )
+    return np.asarray(out, np.float64), np.asarray(grad, np.float64)
