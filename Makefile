@@ -24,7 +24,7 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check jaxseg tests examples bench
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
 	# Scale-out tests: a second process with 8 host devices (XLA reads the flag at start).
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -p no:cacheprovider tests/multidevice
 

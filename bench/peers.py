@@ -221,6 +221,7 @@ def torch_peers() -> tuple[dict[str, list[tuple[str, TorchLoss, str, str]]], lis
             "MONAI FocalLoss",
             monai_losses.FocalLoss(use_softmax=True, **onehot),
             "channel",
+            "mean over pixels and classes: 1/C of the per-pixel mean",
         )
     except Exception as err:  # any import failure only drops the peer
         notes.append(f"MONAI skipped: {type(err).__name__}: {err}")

@@ -198,8 +198,9 @@ def markdown(payload: dict[str, Any]) -> str:
     ]
     if settings["quick"]:
         lines.append(
-            "- **Quick mode**: tiny shapes, XLA backend optimisation level 0, JAX peers on the "
-            "first workload only. A smoke test of the bench; do not quote these numbers."
+            "- **Quick mode**: tiny shapes, one dtype per workload in turn, XLA backend "
+            "optimisation level 0, JAX peers on the first workload only. A smoke test of the "
+            "bench; do not quote these numbers."
         )
     if bw:
         lines.append(

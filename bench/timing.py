@@ -37,7 +37,7 @@ class Prepared:
     name: str
     framework: str  # "jax" or "torch"
     note: str
-    step: Callable[[], float]  # one forward+backward; returns the loss value
+    step: Callable[[], Any]  # one forward+backward; returns the loss as a 0-d array
     compile_s: float | None = None
     memory: dict[str, int] | None = None
     loss_value: float | None = None
@@ -74,7 +74,7 @@ def prepare_jax(
     compiled = lowered.compile(compiler_options) if compiler_options else lowered.compile()
     compile_s = time.perf_counter() - start
 
-    def step() -> float:
+    def step() -> jax.Array:
         value, grad = compiled(logits, labels)
         jax.block_until_ready((value, grad))
         return value
@@ -135,7 +135,8 @@ def warm_up(prepared: Prepared, calls: int, min_sample_s: float) -> None:
     start = time.perf_counter()
     value = prepared.step()
     elapsed = time.perf_counter() - start
-    prepared.loss_value = float(np.asarray(value, dtype=np.float32))
+    # float() reads a 0-d JAX array or torch tensor on any device (CUDA included).
+    prepared.loss_value = float(value)
     if elapsed < 1.0:
         elapsed = math.inf
         for index in range(max(calls - 1, 1)):

@@ -77,9 +77,10 @@ class Workload:
 def make_workloads(names: list[str], dtypes: list[str], quick: bool) -> list[Workload]:
     """The cross product of workload names and dtypes, in the order given.
 
-    With `quick`, only the first workload runs in every dtype and the others in
-    the first dtype alone: compilation dominates a smoke test (about 16 programs
-    per workload), and one pass through each dtype and each rank covers the code.
+    With `quick`, each workload runs once and the dtypes take turns (2d float32,
+    3d bfloat16, many-class float32): compilation dominates a smoke test (about
+    16 programs per workload), and one pass through each rank and each dtype
+    covers the code.
     """
     shapes = QUICK_SHAPES if quick else FULL_SHAPES
     unknown = [n for n in names if n not in shapes]
@@ -88,8 +89,6 @@ def make_workloads(names: list[str], dtypes: list[str], quick: bool) -> list[Wor
     bad = [d for d in dtypes if d not in DTYPES]
     if bad:
         raise ValueError(f"unknown dtypes {bad}; choose from {list(DTYPES)}")
-    return [
-        Workload(n, shapes[n], d)
-        for i, n in enumerate(names)
-        for d in (dtypes if i == 0 or not quick else dtypes[:1])
-    ]
+    if quick:
+        return [Workload(n, shapes[n], dtypes[i % len(dtypes)]) for i, n in enumerate(names)]
+    return [Workload(n, shapes[n], d) for n in names for d in dtypes]

@@ -49,7 +49,9 @@ def main() -> None:
             value, grad = jax.jit(jax.value_and_grad(loss_fn))(x, y)
             value.block_until_ready()
             ms = 1e3 * (time.perf_counter() - start)
-            print(f"{name:<26}{float(value):>10.4f}{float(jnp.linalg.norm(grad)):>12.3e}{ms:>16.0f}")
+            print(
+                f"{name:<26}{float(value):>10.4f}{float(jnp.linalg.norm(grad)):>12.3e}{ms:>16.0f}"
+            )
 
 
 if __name__ == "__main__":

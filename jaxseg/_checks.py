@@ -9,6 +9,7 @@ expresses them as ``checkify`` checks for the checked mode (:func:`jaxseg.checke
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -150,7 +151,9 @@ def check_logits_labels(
                 f"shape {label_shape}. Use `where` to exclude pixels of dense labels."
             )
     else:
-        raise ValueError(f"`labels` must be integer or floating; got dtype {jnp.result_type(labels)}.")
+        raise ValueError(
+            f"`labels` must be integer or floating; got dtype {jnp.result_type(labels)}."
+        )
     if ignore_index is not None and not isinstance(ignore_index, (int, np.integer)):
         raise ValueError(f"`ignore_index` must be an int or None; got {ignore_index!r}.")
     check_where(where, shape[:-1])
@@ -301,14 +304,28 @@ def validate_values(
         )
 
 
+def _default_option(fn: Any, name: str, fallback: Any) -> Any:
+    """The default of keyword ``name`` in ``fn``'s signature, or ``fallback``."""
+    try:
+        parameter = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):
+        return fallback
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return fallback
+    return parameter.default
+
+
 def checked(loss_fn):
     """The checked mode: wraps a loss so that value problems raise instead of hiding.
 
     ``checked(f)(logits, labels, **options)`` runs :func:`validate_values` and ``f``
     under ``jax.experimental.checkify`` and raises ``checkify.JaxRuntimeError`` naming
     the problem (non-finite logits, labels out of range, dense labels outside [0, 1]).
-    Without it, such inputs never give NaN: out-of-range labels are excluded like
-    ``ignore_index``. Call it outside ``jit`` (it jits ``f`` itself).
+    Without it, out-of-range labels are excluded like ``ignore_index`` (no NaN), and
+    non-finite logits propagate to the loss. Call it outside ``jit`` (it jits ``f``
+    itself). The activation and ``ignore_index`` that decide the valid label range are
+    the options passed, else ``f``'s defaults; a loss without an ``activation`` option
+    (such as :func:`jaxseg.bce_log_dice`) takes one channel as a binary mask.
 
     Examples:
       >>> import jax.numpy as jnp, jaxseg
@@ -318,20 +335,22 @@ def checked(loss_fn):
       ...
       jax._src.checkify.JaxRuntimeError: `labels` must lie in [0, 2); ...
     """
+    # "sigmoid" gives the only valid label range for one channel (a binary mask) and the
+    # same range as "softmax" for several, without asking for probabilities.
+    default_activation = _default_option(loss_fn, "activation", "sigmoid")
+    default_ignore_index = _default_option(loss_fn, "ignore_index", None)
 
     def run(logits, labels, **options):
         def body(logits, labels):
             validate_values(
                 logits,
                 labels,
-                activation=options.get("activation", "softmax"),
-                ignore_index=options.get("ignore_index"),
+                activation=options.get("activation", default_activation),
+                ignore_index=options.get("ignore_index", default_ignore_index),
             )
             return loss_fn(logits, labels, **options)
 
-        error, value = jax.jit(checkify.checkify(body, errors=checkify.user_checks))(
-            logits, labels
-        )
+        error, value = jax.jit(checkify.checkify(body, errors=checkify.user_checks))(logits, labels)
         error.throw()
         return value
 

@@ -38,6 +38,7 @@ ArrayLike = jax.typing.ArrayLike
 Loss = Callable[..., Any]
 
 _COMPONENTS = "return_components"
+_MISSING = object()
 
 
 # --------------------------------------------------------------------------------------
@@ -78,9 +79,6 @@ def accepted_options(loss: Loss) -> frozenset[str] | None:
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     }
     return frozenset(keywords - set(positional[:2]) - {_COMPONENTS})
-
-
-_MISSING = object()
 
 
 def supports_components(loss: Loss) -> bool:
@@ -155,10 +153,10 @@ class _OptionJit:
 
 
 class CombinedLoss:
-    """A weighted sum of loss terms, made by :func:`combine`.
+    r"""A weighted sum of loss terms, made by :func:`combine`.
 
     Calling it as ``combined(logits, labels, **options)`` returns
-    :math:`\\sum_k w_k L_k`; with ``return_components=True`` it returns ``(total,
+    :math:`\sum_k w_k L_k`; with ``return_components=True`` it returns ``(total,
     {name: L_k})`` (the unweighted terms). :meth:`evaluate` takes other weights at
     call time (traced, so a weight schedule does not recompile).
 
@@ -285,7 +283,9 @@ def combine(
     for term in losses:
         if isinstance(term, tuple):
             if len(term) != 2 or not isinstance(term[0], str):
-                raise TypeError(f"a positional term must be a loss or a (name, loss) pair; got {term!r}.")
+                raise TypeError(
+                    f"a positional term must be a loss or a (name, loss) pair; got {term!r}."
+                )
             name, fn = term
         else:
             name, fn = loss_name(term), term
@@ -410,8 +410,7 @@ def deep_supervision_weights(num_scales: int, weights: Any = None) -> tuple[Any,
     weights = tuple(weights)
     if len(weights) != num_scales:
         raise ValueError(
-            f"`weights` must have one entry per scale ({num_scales} outputs); got "
-            f"{len(weights)}."
+            f"`weights` must have one entry per scale ({num_scales} outputs); got {len(weights)}."
         )
     return weights
 

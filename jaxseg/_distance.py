@@ -202,8 +202,8 @@ def euclidean_distance_transform(mask: ArrayLike, *, spacing: ArrayLike | None =
     one pass per axis of a min-plus convolution with a sampled parabola. The pass along
     the longest axis is a linear-time nearest-neighbour scan; the others are a
     brute-force minimum, O(n) per pixel for an axis of length n, vectorised over the
-    whole array (fast on accelerators, a few times slower than SciPy's sequential
-    C code on one CPU core for large 2D images).
+    whole array: suited to accelerators, and on CPU of the order of SciPy's C code
+    (within about 2x for 512² images, faster for 96³ volumes).
 
     Args:
       mask: boolean array of shape ``(H, W)`` or ``(H, W, D)``. Use ``jax.vmap`` for a
@@ -218,7 +218,7 @@ def euclidean_distance_transform(mask: ArrayLike, *, spacing: ArrayLike | None =
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jaxseg import euclidean_distance_transform
+      >>> from jaxseg.metrics import euclidean_distance_transform
       >>> mask = jnp.zeros((3, 4), bool).at[0, 0].set(True)
       >>> euclidean_distance_transform(mask, spacing=(2.0, 1.0))
       Array([[0.       , 1.       , 2.       , 3.       ],
@@ -271,7 +271,7 @@ def boundary_mask(mask: ArrayLike) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jaxseg import boundary_mask
+      >>> from jaxseg.metrics import boundary_mask
       >>> mask = jnp.zeros((5, 5), bool).at[1:4, 1:4].set(True)
       >>> boundary_mask(mask).astype(int)
       Array([[0, 0, 0, 0, 0],
@@ -480,7 +480,7 @@ def hausdorff_distance(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jaxseg import hausdorff_distance
+      >>> from jaxseg.metrics import hausdorff_distance
       >>> labels = jnp.zeros((1, 8, 8), jnp.int32).at[0, 2:5, 2:5].set(1)
       >>> predictions = jnp.zeros((1, 8, 8), jnp.int32).at[0, 2:5, 3:7].set(1)
       >>> hausdorff_distance(predictions, labels, 2, percentile=None)
@@ -589,7 +589,7 @@ def surface_dice(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jaxseg import surface_dice
+      >>> from jaxseg.metrics import surface_dice
       >>> labels = jnp.zeros((1, 8, 8), jnp.int32).at[0, 2:5, 2:5].set(1)
       >>> predictions = jnp.zeros((1, 8, 8), jnp.int32).at[0, 2:5, 3:7].set(1)
       >>> surface_dice(predictions, labels, 2, tolerance=1.0)

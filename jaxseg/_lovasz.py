@@ -1,18 +1,18 @@
-"""Lovász losses (Berman et al. 2018): convex surrogates of the Jaccard (IoU) loss.
+r"""Lovász losses (Berman et al. 2018): convex surrogates of the Jaccard (IoU) loss.
 
 The Lovász extension of the Jaccard loss of one class is computed from the pixel errors
 ``m`` sorted in decreasing order, ``pi``:
 
 .. math::
-    \\bar\\Delta(m) = \\sum_i m_{\\pi_i}\\, g_i, \\qquad
-    g_i = \\Delta(\\{\\pi_1..\\pi_i\\}) - \\Delta(\\{\\pi_1..\\pi_{i-1}\\}), \\qquad
-    \\Delta(S) = \\frac{|S|}{|\\{y = c\\} \\cup S|}
+    \bar\Delta(m) = \sum_i m_{\pi_i}\, g_i, \qquad
+    g_i = \Delta(\{\pi_1..\pi_i\}) - \Delta(\{\pi_1..\pi_{i-1}\}), \qquad
+    \Delta(S) = \frac{|S|}{|\{y = c\} \cup S|}
 
-With static shapes and no boolean indexing: the sort key of an excluded pixel is
-``-inf`` (it sorts last) and it counts in neither the foreground nor the background
-prefix sums, so it leaves every ``g_i`` of the valid pixels unchanged and gets
-``g = 0`` itself: the masked loss equals the loss of the sliced array. The prefix sums
-are int32 counts for hard labels, so they stay exact beyond 2^24 pixels.
+With static shapes and no boolean indexing: an excluded pixel sorts last (its key is
+``-inf``) and counts in neither the foreground nor the background prefix counts, so it
+leaves every ``g_i`` of the valid pixels unchanged and gets ``g = 0`` itself (and an
+error of 0): the masked loss equals the loss of the sliced array, values and gradients.
+The prefix counts are int32 for hard labels, so they stay exact beyond 2^24 pixels.
 """
 
 from __future__ import annotations
@@ -112,7 +112,14 @@ def _class_mask(counts: jax.Array, classes: str | tuple[int, ...]) -> jax.Array:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("per_image", "classes", "activation", "ignore_index", "reduction", "axis_name"),
+    static_argnames=(
+        "per_image",
+        "classes",
+        "activation",
+        "ignore_index",
+        "reduction",
+        "axis_name",
+    ),
 )
 def _lovasz_softmax(
     logits, labels, where, class_weights, *, per_image, classes, activation, ignore_index,
@@ -261,9 +268,7 @@ def lovasz_softmax_loss(
     )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("per_image", "ignore_index", "reduction", "axis_name")
-)
+@functools.partial(jax.jit, static_argnames=("per_image", "ignore_index", "reduction", "axis_name"))
 def _lovasz_hinge(logits, labels, where, *, per_image, ignore_index, reduction, axis_name):
     dtype = _checks.compute_dtype(logits.dtype)
     x = logits[..., 0].astype(dtype)

@@ -59,20 +59,22 @@ def tversky_score(
     stats: OverlapStats, smooth_nr: Any, smooth_dr: Any, alpha: Any, beta: Any
 ) -> jax.Array:
     """Tversky index ``(tp + s_nr) / (tp + alpha fp + beta fn + s_dr)``."""
-    return ratio(
-        stats.tp + smooth_nr, stats.tp + alpha * stats.fp + beta * stats.fn + smooth_dr
-    )
+    return ratio(stats.tp + smooth_nr, stats.tp + alpha * stats.fp + beta * stats.fn + smooth_dr)
 
 
 def _safe_power(base: jax.Array, exponent: Any) -> jax.Array:
-    """``base ** exponent`` for ``base >= 0`` with a finite gradient at 0 for exponent < 1."""
+    """``base ** exponent`` with a finite gradient at 0 for exponent < 1.
+
+    ``base = 1 - index`` is negative only when ``smooth_nr > smooth_dr`` lifts the index
+    above 1; the power of a negative base is then 0, except for ``exponent == 1`` (the
+    plain Tversky loss), which stays ``base`` as in the formula and in MONAI.
+    """
     positive = base > 0
-    return jnp.where(positive, jnp.where(positive, base, 1) ** exponent, 0)
+    powered = jnp.where(positive, base, 1) ** exponent
+    return jnp.where(positive, powered, jnp.where(exponent == 1, base, 0))
 
 
-def apply_empty_policy(
-    stats: OverlapStats, empty: str
-) -> tuple[OverlapStats, jax.Array | None]:
+def apply_empty_policy(stats: OverlapStats, empty: str) -> tuple[OverlapStats, jax.Array | None]:
     """Applies the policy for classes absent from a sample's label.
 
     Returns the statistics to score and, for ``"exclude"``, the boolean mask of the
@@ -123,10 +125,19 @@ def _validate(
 
 
 def _stats_for_loss(
-    logits, labels, where, *, activation, ignore_index, squared, soft_label, include_background,
-    batch, axis_name,
+    logits,
+    labels,
+    where,
+    *,
+    activation,
+    ignore_index,
+    squared,
+    soft_label,
+    include_background,
+    batch,
+    axis_name,
 ) -> OverlapStats:
-    if activation == "softmax" and not squared and _checks.is_integer_labels(labels):
+    if not squared and _softmax_stats.applies(activation, labels, logits.shape[-1]):
         # The commonest case has a fused pass (same statistics, cheaper gradient).
         valid = _checks.valid_mask(labels, logits.shape[-1], activation, ignore_index, where)
         x = logits.astype(_checks.compute_dtype(logits.dtype))
@@ -159,13 +170,34 @@ def _class_weights(class_weights, num_classes, include_background, dtype) -> jax
 
 @functools.partial(jax.jit, static_argnames=(*_STATIC, "score"))
 def _overlap_loss(
-    logits, labels, where, class_weights, params, *, score, activation, ignore_index,
-    include_background, batch, reduction, axis_name, squared, soft_label, empty,
+    logits,
+    labels,
+    where,
+    class_weights,
+    params,
+    *,
+    score,
+    activation,
+    ignore_index,
+    include_background,
+    batch,
+    reduction,
+    axis_name,
+    squared,
+    soft_label,
+    empty,
 ):
     stats = _stats_for_loss(
-        logits, labels, where, activation=activation, ignore_index=ignore_index,
-        squared=squared, soft_label=soft_label, include_background=include_background,
-        batch=batch, axis_name=axis_name,
+        logits,
+        labels,
+        where,
+        activation=activation,
+        ignore_index=ignore_index,
+        squared=squared,
+        soft_label=soft_label,
+        include_background=include_background,
+        batch=batch,
+        axis_name=axis_name,
     )
     stats, present = apply_empty_policy(stats, empty)
     loss = score(stats, **params)
@@ -211,9 +243,16 @@ def _call(
     empty: str,
 ) -> jax.Array:
     _validate(
-        logits, labels, activation=activation, ignore_index=ignore_index, where=where,
-        class_weights=class_weights, include_background=include_background,
-        reduction=reduction, empty=empty, squared=squared,
+        logits,
+        labels,
+        activation=activation,
+        ignore_index=ignore_index,
+        where=where,
+        class_weights=class_weights,
+        include_background=include_background,
+        reduction=reduction,
+        empty=empty,
+        squared=squared,
     )
     _checks.check_nonnegative("smooth_nr", smooth_nr)
     _checks.check_nonnegative("smooth_dr", smooth_dr)
@@ -311,10 +350,22 @@ def dice_loss(
       Labels. MICCAI 2023 (``soft_label``).
     """
     return _call(
-        _dice_loss_score, logits, labels, {}, activation=activation, smooth_nr=smooth_nr,
-        smooth_dr=smooth_dr, include_background=include_background, batch=batch,
-        class_weights=class_weights, ignore_index=ignore_index, where=where,
-        reduction=reduction, axis_name=axis_name, squared=squared, soft_label=soft_label,
+        _dice_loss_score,
+        logits,
+        labels,
+        {},
+        activation=activation,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        include_background=include_background,
+        batch=batch,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        where=where,
+        reduction=reduction,
+        axis_name=axis_name,
+        squared=squared,
+        soft_label=soft_label,
         empty=empty,
     )
 
@@ -357,10 +408,22 @@ def iou_loss(
       Image Segmentation. ISVC 2016.
     """
     return _call(
-        _iou_loss_score, logits, labels, {}, activation=activation, smooth_nr=smooth_nr,
-        smooth_dr=smooth_dr, include_background=include_background, batch=batch,
-        class_weights=class_weights, ignore_index=ignore_index, where=where,
-        reduction=reduction, axis_name=axis_name, squared=squared, soft_label=soft_label,
+        _iou_loss_score,
+        logits,
+        labels,
+        {},
+        activation=activation,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        include_background=include_background,
+        batch=batch,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        where=where,
+        reduction=reduction,
+        axis_name=axis_name,
+        squared=squared,
+        soft_label=soft_label,
         empty=empty,
     )
 
@@ -397,7 +460,9 @@ def tversky_loss(
     ``alpha`` weighs false positives and ``beta`` false negatives; ``alpha = beta =
     0.5`` is the Dice loss. ``gamma`` (Abraham & Khan 2019 use ``gamma = 0.75`` on the
     index, here the power of the loss) focuses on hard classes; its gradient stays
-    finite at a perfect score. Options, shapes and reductions as :func:`dice_loss`.
+    finite at a perfect score. With ``smooth_nr > smooth_dr`` the index can exceed 1:
+    the loss is then negative for ``gamma = 1`` (the formula, as MONAI) and 0 for other
+    ``gamma``. Options, shapes and reductions as :func:`dice_loss`.
 
     Examples:
       >>> import jax.numpy as jnp, jaxseg
@@ -414,11 +479,23 @@ def tversky_loss(
     for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
         _checks.check_nonnegative(name, value)
     return _call(
-        _tversky_loss_score, logits, labels, {"alpha": alpha, "beta": beta, "gamma": gamma},
-        activation=activation, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
-        include_background=include_background, batch=batch, class_weights=class_weights,
-        ignore_index=ignore_index, where=where, reduction=reduction, axis_name=axis_name,
-        squared=False, soft_label=soft_label, empty=empty,
+        _tversky_loss_score,
+        logits,
+        labels,
+        {"alpha": alpha, "beta": beta, "gamma": gamma},
+        activation=activation,
+        smooth_nr=smooth_nr,
+        smooth_dr=smooth_dr,
+        include_background=include_background,
+        batch=batch,
+        class_weights=class_weights,
+        ignore_index=ignore_index,
+        where=where,
+        reduction=reduction,
+        axis_name=axis_name,
+        squared=False,
+        soft_label=soft_label,
+        empty=empty,
     )
 
 
@@ -440,18 +517,44 @@ def generalized_dice_weights(label_sum: jax.Array, weight_type: str) -> jax.Arra
 @functools.partial(
     jax.jit,
     static_argnames=(
-        "activation", "ignore_index", "include_background", "batch", "reduction",
-        "axis_name", "soft_label", "weight_type",
+        "activation",
+        "ignore_index",
+        "include_background",
+        "batch",
+        "reduction",
+        "axis_name",
+        "soft_label",
+        "weight_type",
     ),
 )
 def _generalized_dice_loss(
-    logits, labels, where, class_weights, smooth_nr, smooth_dr, *, activation, ignore_index,
-    include_background, batch, reduction, axis_name, soft_label, weight_type,
+    logits,
+    labels,
+    where,
+    class_weights,
+    smooth_nr,
+    smooth_dr,
+    *,
+    activation,
+    ignore_index,
+    include_background,
+    batch,
+    reduction,
+    axis_name,
+    soft_label,
+    weight_type,
 ):
     stats = _stats_for_loss(
-        logits, labels, where, activation=activation, ignore_index=ignore_index,
-        squared=False, soft_label=soft_label, include_background=include_background,
-        batch=batch, axis_name=axis_name,
+        logits,
+        labels,
+        where,
+        activation=activation,
+        ignore_index=ignore_index,
+        squared=False,
+        soft_label=soft_label,
+        include_background=include_background,
+        batch=batch,
+        axis_name=axis_name,
     )
     weights = generalized_dice_weights(stats.label_sum, weight_type)
     if class_weights is not None:
@@ -505,8 +608,13 @@ def generalized_dice_loss(
       learning loss function for highly unbalanced segmentations. DLMIA 2017.
     """
     _validate(
-        logits, labels, activation=activation, ignore_index=ignore_index, where=where,
-        class_weights=class_weights, include_background=include_background,
+        logits,
+        labels,
+        activation=activation,
+        ignore_index=ignore_index,
+        where=where,
+        class_weights=class_weights,
+        include_background=include_background,
         reduction=reduction,
     )
     _checks.check_option("weight_type", weight_type, WEIGHT_TYPES)

@@ -54,6 +54,9 @@ def _log1m_softmax(x: jax.Array, log_p: jax.Array) -> jax.Array:
     """
     classes = jnp.arange(x.shape[-1]).reshape((1,) * (x.ndim - 1) + (-1,))
     is_top = classes == jnp.argmax(x, axis=-1, keepdims=True)
+    # Shifted by the (constant) maximum: at |x| ~ 1e4 the difference of two unshifted
+    # log-sum-exps cancels to the float32 spacing there (~1e-3).
+    x = x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
     lse = jax.nn.logsumexp(x, axis=-1, keepdims=True)
     lse_rest = jax.nn.logsumexp(jnp.where(is_top, -jnp.inf, x), axis=-1, keepdims=True)
     p_rest = jnp.where(is_top, 0, jnp.exp(log_p))
@@ -64,11 +67,41 @@ def _log1m_pt_sigmoid(x: jax.Array, y: jax.Array) -> jax.Array:
     """``log(1 - p_t)`` with ``1 - p_t = p (1 - y) + (1 - p) y`` (soft labels too).
 
     For hard labels this is ``log_sigmoid(-x)`` (y = 1) or ``log_sigmoid(x)`` (y = 0),
-    as MONAI computes it; for soft labels it is optax's ``1 - p_t``.
+    as MONAI computes it; for soft labels it is optax's ``1 - p_t``. Labels outside
+    [0, 1] (a value error that only the checked mode reports) are clipped here, so the
+    modulator stays finite instead of ``log`` of a negative number making a NaN.
     """
-    return jnp.logaddexp(
-        jax.nn.log_sigmoid(x) + jnp.log1p(-y), jax.nn.log_sigmoid(-x) + jnp.log(y)
-    )
+    y = jnp.clip(y, 0, 1)
+    return jnp.logaddexp(jax.nn.log_sigmoid(x) + jnp.log1p(-y), jax.nn.log_sigmoid(-x) + jnp.log(y))
+
+
+def _softmax_focal_integer(x, t: _Targets, labels, gamma, alpha):
+    """Softmax focal loss per pixel for integer labels: only the true class counts.
+
+    ``log p_y`` and ``log(1 - p_y)`` come from one exponential pass:
+    ``log(1 - p_y) = log sum_{k != y} e^(x_k - m) - log sum_k e^(x_k - m)``, exact
+    without cancellation. The first sum is floored at the smallest normal float: it is
+    below that only when ``1 - p_y < 1e-38``, where ``-log p_y`` and its gradient are 0
+    too, so the floor changes nothing but keeps ``log`` and its gradient finite.
+    """
+    num_classes = x.shape[-1]
+    hit = labels[..., None] == jnp.arange(num_classes).reshape(t.class_shape)
+    top = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    e = jnp.exp(x - top)
+    zero = jnp.zeros((), x.dtype)
+    sum_all = jnp.sum(e, axis=-1)
+    sum_rest = jnp.maximum(jnp.sum(jnp.where(hit, zero, e), axis=-1), jnp.finfo(x.dtype).tiny)
+    log_p_y = jnp.sum(jnp.where(hit, x, zero), axis=-1) - top[..., 0] - jnp.log(sum_all)
+    modulator = jnp.exp(gamma * (jnp.log(sum_rest) - jnp.log(sum_all)))
+    if alpha is None:
+        alpha_c = jnp.ones((num_classes,), x.dtype)
+    elif jnp.ndim(alpha) == 0:
+        # MONAI: 1 - alpha for the background class, alpha for the others.
+        alpha_c = jnp.where(jnp.arange(num_classes) == 0, 1 - alpha, alpha).astype(x.dtype)
+    else:
+        alpha_c = jnp.asarray(alpha, x.dtype)
+    weight_y = jnp.sum(jnp.where(hit, t.weights * t.per_class(alpha_c), zero), axis=-1)
+    return -weight_y * modulator * log_p_y
 
 
 def _finish(loss, t: _Targets, norm, *, activation, reduction, axis_name):
@@ -91,7 +124,9 @@ def _fused_cross_entropy(
     valid = _checks.valid_mask(labels, num_classes, "softmax", ignore_index, where)
     labels = labels.astype(jnp.int32)
     weights = (
-        jnp.ones((num_classes,), x.dtype) if class_weights is None else class_weights.astype(x.dtype)
+        jnp.ones((num_classes,), x.dtype)
+        if class_weights is None
+        else class_weights.astype(x.dtype)
     )
     fused = _softmax_stats.softmax_stats(
         x, labels, valid, weights, jnp.asarray(label_smoothing, x.dtype)
@@ -103,16 +138,32 @@ def _fused_cross_entropy(
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _cross_entropy(
-    logits, labels, where, class_weights, label_smoothing, pos_weight, *, activation,
-    ignore_index, reduction, axis_name,
+    logits,
+    labels,
+    where,
+    class_weights,
+    label_smoothing,
+    pos_weight,
+    *,
+    activation,
+    ignore_index,
+    reduction,
+    axis_name,
 ):
-    if activation == "softmax" and reduction != "none" and _checks.is_integer_labels(labels):
+    if reduction != "none" and _softmax_stats.applies(activation, labels, logits.shape[-1]):
         return _fused_cross_entropy(
-            logits, labels, where, class_weights, label_smoothing, ignore_index=ignore_index,
-            reduction=reduction, axis_name=axis_name,
+            logits,
+            labels,
+            where,
+            class_weights,
+            label_smoothing,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            axis_name=axis_name,
         )
-    t = _Targets(logits, labels, where, class_weights, activation=activation,
-                 ignore_index=ignore_index)
+    t = _Targets(
+        logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
+    )
     x = logits.astype(t.dtype)
     num_classes = x.shape[-1]
     if activation == "softmax":
@@ -122,24 +173,34 @@ def _cross_entropy(
     else:
         y = (1 - label_smoothing) * t.y + label_smoothing / 2
         pos = 1 if pos_weight is None else t.per_class(pos_weight)
-        loss = -t.weights * (
-            pos * y * jax.nn.log_sigmoid(x) + (1 - y) * jax.nn.log_sigmoid(-x)
-        )
+        loss = -t.weights * (pos * y * jax.nn.log_sigmoid(x) + (1 - y) * jax.nn.log_sigmoid(-x))
         norm = None
-    return _finish(loss, t, norm, activation=activation, reduction=reduction,
-                   axis_name=axis_name)
+    return _finish(loss, t, norm, activation=activation, reduction=reduction, axis_name=axis_name)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _focal_loss(
-    logits, labels, where, class_weights, gamma, alpha, *, activation, ignore_index,
-    reduction, axis_name,
+    logits,
+    labels,
+    where,
+    class_weights,
+    gamma,
+    alpha,
+    *,
+    activation,
+    ignore_index,
+    reduction,
+    axis_name,
 ):
-    t = _Targets(logits, labels, where, class_weights, activation=activation,
-                 ignore_index=ignore_index)
+    t = _Targets(
+        logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
+    )
     x = logits.astype(t.dtype)
     num_classes = x.shape[-1]
-    if activation == "softmax":
+    if activation == "softmax" and _checks.is_integer_labels(labels):
+        loss = _softmax_focal_integer(x, t, labels.astype(jnp.int32), gamma, alpha)
+        norm = jnp.sum(t.weights * t.y, axis=-1)
+    elif activation == "softmax":
         log_p = jax.nn.log_softmax(x, axis=-1)
         modulator = jnp.exp(gamma * _log1m_softmax(x, log_p))
         if alpha is None:
@@ -159,8 +220,7 @@ def _focal_loss(
             alpha = t.per_class(alpha)
             loss = (alpha * t.y + (1 - alpha) * (1 - t.y)) * loss
         norm = None
-    return _finish(loss, t, norm, activation=activation, reduction=reduction,
-                   axis_name=axis_name)
+    return _finish(loss, t, norm, activation=activation, reduction=reduction, axis_name=axis_name)
 
 
 def _validate(logits, labels, *, activation, ignore_index, where, class_weights, reduction):
@@ -231,18 +291,34 @@ def cross_entropy(
       2016 (label smoothing).
     """
     _checks.check_option("activation", activation, ("softmax", "sigmoid"))
-    _validate(logits, labels, activation=activation, ignore_index=ignore_index, where=where,
-              class_weights=class_weights, reduction=reduction)
+    _validate(
+        logits,
+        labels,
+        activation=activation,
+        ignore_index=ignore_index,
+        where=where,
+        class_weights=class_weights,
+        reduction=reduction,
+    )
     _checks.check_unit_interval("label_smoothing", label_smoothing)
     if pos_weight is not None:
         if activation != "sigmoid":
-            raise ValueError("`pos_weight` applies to activation='sigmoid' only.")
+            raise ValueError(
+                f"`pos_weight` applies to activation='sigmoid' only; got activation={activation!r}."
+            )
         _checks.check_per_class("pos_weight", pos_weight, jnp.shape(logits)[-1])
         _checks.check_nonnegative("pos_weight", pos_weight)
     return _cross_entropy(
-        jnp.asarray(logits), jnp.asarray(labels), _array(where), _array(class_weights),
-        label_smoothing, _array(pos_weight), activation=activation,
-        ignore_index=ignore_index, reduction=reduction, axis_name=axis_name,
+        jnp.asarray(logits),
+        jnp.asarray(labels),
+        _array(where),
+        _array(class_weights),
+        label_smoothing,
+        _array(pos_weight),
+        activation=activation,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        axis_name=axis_name,
     )
 
 
@@ -296,14 +372,28 @@ def focal_loss(
       2017.
     """
     _checks.check_option("activation", activation, ("softmax", "sigmoid"))
-    _validate(logits, labels, activation=activation, ignore_index=ignore_index, where=where,
-              class_weights=class_weights, reduction=reduction)
+    _validate(
+        logits,
+        labels,
+        activation=activation,
+        ignore_index=ignore_index,
+        where=where,
+        class_weights=class_weights,
+        reduction=reduction,
+    )
     _checks.check_nonnegative("gamma", gamma)
     if alpha is not None:
         _checks.check_per_class("alpha", alpha, jnp.shape(logits)[-1])
         _checks.check_unit_interval("alpha", alpha)
     return _focal_loss(
-        jnp.asarray(logits), jnp.asarray(labels), _array(where), _array(class_weights),
-        gamma, _array(alpha), activation=activation, ignore_index=ignore_index,
-        reduction=reduction, axis_name=axis_name,
+        jnp.asarray(logits),
+        jnp.asarray(labels),
+        _array(where),
+        _array(class_weights),
+        gamma,
+        _array(alpha),
+        activation=activation,
+        ignore_index=ignore_index,
+        reduction=reduction,
+        axis_name=axis_name,
     )

@@ -29,6 +29,21 @@ import jax.numpy as jnp
 
 from jaxseg._stats import OverlapStats
 
+# The class planes are unrolled: beyond a few classes the generic statistics core (a
+# vmap over classes) is faster on CPU (measured: at 4 classes fused 40 ms vs 67 ms; at 8
+# classes 8.3 ms vs 6.3 ms; at 32 classes 195 ms vs 45 ms, forward + backward).
+MAX_FUSED_CLASSES = 4
+
+
+def applies(activation, labels, num_classes: int) -> bool:
+    """Whether the fused pass serves this call: softmax, integer labels, few classes."""
+    return (
+        activation == "softmax"
+        and (jnp.issubdtype(labels.dtype, jnp.integer) or labels.dtype == jnp.bool_)
+        and num_classes <= MAX_FUSED_CLASSES
+    )
+
+
 class SoftmaxStats(NamedTuple):
     """Sums over the valid pixels of each sample; see the module docstring.
 
@@ -87,14 +102,15 @@ def _sample_grad(x, y, v, weights, smoothing, g: SoftmaxStats) -> jax.Array:
     num_classes = x.shape[-1]
     hits = [y == c for c in range(num_classes)]
     wy = _smoothed_weights(weights, smoothing, hits)
-    big_g = [jnp.where(v, jnp.where(hits[c], g.tp[c], zero) + g.pred_sum[c], zero)
-             for c in range(num_classes)]
+    big_g = [
+        jnp.where(v, jnp.where(hits[c], g.tp[c], zero) + g.pred_sum[c], zero)
+        for c in range(num_classes)
+    ]
     p_dot_g = functools.reduce(jnp.add, [p * gc for p, gc in zip(ps, big_g, strict=True)])
     g_ce = jnp.where(v, g.ce_sum, zero)
     w_total = functools.reduce(jnp.add, wy)
     grads = [
-        ps[c] * (big_g[c] - p_dot_g) + g_ce * (ps[c] * w_total - wy[c])
-        for c in range(num_classes)
+        ps[c] * (big_g[c] - p_dot_g) + g_ce * (ps[c] * w_total - wy[c]) for c in range(num_classes)
     ]
     return jnp.stack(grads, axis=-1)
 
@@ -136,7 +152,11 @@ def softmax_stats(
 
 def _softmax_stats_fwd(logits, labels, valid, weights, smoothing):
     return softmax_stats(logits, labels, valid, weights, smoothing), (
-        logits, labels, valid, weights, smoothing,
+        logits,
+        labels,
+        valid,
+        weights,
+        smoothing,
     )
 
 
@@ -147,7 +167,13 @@ def _softmax_stats_bwd(residuals, cotangents):
     in_axes = (0, 0, 0, None, None, 0)
     grads = jax.vmap(_sample_grad, in_axes=in_axes)(x, y, v, weights, smoothing, g)
     # Class weights and smoothing are options, not parameters: no gradient flows to them.
-    return grads.reshape(logits.shape), None, None, jnp.zeros_like(weights), jnp.zeros_like(smoothing)
+    return (
+        grads.reshape(logits.shape),
+        None,
+        None,
+        jnp.zeros_like(weights),
+        jnp.zeros_like(smoothing),
+    )
 
 
 softmax_stats.defvjp(_softmax_stats_fwd, _softmax_stats_bwd)

@@ -216,7 +216,9 @@ def overlap_stats(
         "axis_name",
     ),
 )
-def _overlap_stats(logits, labels, where, *, activation, ignore_index, squared, soft_label, batch, axis_name):
+def _overlap_stats(
+    logits, labels, where, *, activation, ignore_index, squared, soft_label, batch, axis_name
+):
     inputs = _checks.prepare(
         logits, labels, activation=activation, ignore_index=ignore_index, where=where
     )

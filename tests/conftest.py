@@ -11,3 +11,29 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # second pytest process (tests/multidevice), so the main process leaves them out.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     collect_ignore = ["multidevice"]
+
+# Hypothesis profiles for the property tests (tests/test_properties.py). "ci" is the
+# default: derandomized (the same examples on every run), no deadline (the first example
+# of a shape compiles). Its max_examples is the unit that each property test scales
+# (see test_properties.py for the per-run total, >= 10,000 examples). "long" runs ten
+# times more: HYPOTHESIS_PROFILE=long make test.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_SUPPRESSED = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=500,
+    suppress_health_check=_SUPPRESSED,
+    print_blob=True,
+)
+settings.register_profile(
+    "long",
+    deadline=None,
+    max_examples=5000,
+    suppress_health_check=_SUPPRESSED,
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -10,6 +10,8 @@ dependency of jaxseg.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -110,8 +112,9 @@ def torch_cross_entropy(logits, labels, *, cotangent=None, weight=None, **option
     return _backward(out, x, cotangent, channels_last)
 
 
-def torch_bce_with_logits(logits, targets, *, cotangent=None, weight=None, pos_weight=None,
-                          **options):
+def torch_bce_with_logits(
+    logits, targets, *, cotangent=None, weight=None, pos_weight=None, **options
+):
     """``binary_cross_entropy_with_logits``; elementwise, so channels-last is kept.
 
     (In PyTorch's channels-first layout a per-class ``pos_weight`` must be reshaped to
@@ -134,8 +137,8 @@ def torch_bce_with_logits(logits, targets, *, cotangent=None, weight=None, pos_w
 def optax_value_and_grad(name, logits, labels, **options):
     """``optax.losses.<name>(logits, labels, **options).mean()`` and its gradient."""
     fn = getattr(optax().losses, name)
-    value, grad = jax.value_and_grad(lambda x: jnp.mean(fn(x, labels, **options)))(
-        jnp.asarray(logits)
+    value, grad = jit(jax.value_and_grad(lambda x, y: jnp.mean(fn(x, y, **options))))(
+        jnp.asarray(logits), jnp.asarray(labels)
     )
     return np.float64(value), np.asarray(grad, np.float64)
 
@@ -143,37 +146,91 @@ def optax_value_and_grad(name, logits, labels, **options):
 # ---------------------------------------------------------------------------------------
 # The jaxseg side, compiled once per (loss, static options)
 
+# The tests compile hundreds of small value-and-gradient programs; LLVM's optimisation
+# level changes how fast the code runs, not what it computes, and level 0 compiles in
+# about 60% of the time. Library calls made directly by the tests keep the defaults.
+COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def jit(fn, **kwargs):
+    """``jax.jit`` with the tests' fast-compile options."""
+    return jax.jit(fn, compiler_options=COMPILER_OPTIONS, **kwargs)
+
 
 def _is_array(value) -> bool:
     return isinstance(value, (np.ndarray, jax.Array))
 
 
+class Request(NamedTuple):
+    """One jaxseg evaluation: ``loss(logits, labels, **options)`` and its gradient."""
+
+    loss: Callable
+    logits: np.ndarray
+    labels: np.ndarray
+    options: dict
+    cotangent: np.ndarray | None = None
+
+    def split(self):
+        """The static part (hashable) and the traced arguments."""
+        arrays = {k: v for k, v in self.options.items() if _is_array(v)}
+        static = tuple(sorted((k, v) for k, v in self.options.items() if k not in arrays))
+        spec = (self.loss, static, self.cotangent is not None)
+        args = (
+            jnp.asarray(self.logits),
+            jnp.asarray(self.labels),
+            {k: jnp.asarray(v) for k, v in arrays.items()},
+            None if self.cotangent is None else jnp.asarray(self.cotangent, jnp.float32),
+        )
+        return spec, args
+
+
+def _value_and_grad(spec, logits, labels, arrays, cotangent):
+    loss, static, with_cotangent = spec
+
+    def objective(x):
+        out = loss(x, labels, **dict(static), **arrays)
+        return (jnp.sum(out * cotangent) if with_cotangent else out), out
+
+    (_, out), grad = jax.value_and_grad(objective, has_aux=True)(logits)
+    return out, grad
+
+
 @functools.cache
-def _compiled(loss, static, array_names, with_cotangent):
-    def run(logits, labels, arrays, cotangent):
-        def objective(x):
-            out = loss(x, labels, **dict(static), **arrays)
-            return (jnp.sum(out * cotangent) if with_cotangent else out), out
+def _compiled(specs):
+    return jit(lambda args: [_value_and_grad(s, *a) for s, a in zip(specs, args, strict=True)])
 
-        (_, out), grad = jax.value_and_grad(objective, has_aux=True)(logits)
-        return out, grad
 
-    return jax.jit(run)
+def jaxseg_many(requests):
+    """Values and gradients of several :class:`Request` s, compiled as one program.
+
+    Compiling a family of cases together takes about half the time of compiling them
+    one by one. Array-valued options (``where``, ``class_weights``, ...) are traced, the
+    others static. Returns ``[(value, grad)]`` as float64 NumPy arrays.
+    """
+    specs, args = zip(*(Request(*r).split() for r in requests), strict=True)
+    results = _compiled(tuple(specs))(list(args))
+    return [(np.asarray(v, np.float64), np.asarray(g, np.float64)) for v, g in results]
 
 
 def jaxseg_value_and_grad(loss, logits, labels, *, cotangent=None, **options):
-    """``loss(logits, labels, **options)`` and its gradient, under one ``jit``.
+    """``loss(logits, labels, **options)`` and its gradient under one ``jit``."""
+    return jaxseg_many([Request(loss, logits, labels, options, cotangent)])[0]
 
-    Array-valued options (``where``, ``class_weights``, ...) are traced arguments, the
-    others static, so a case compiles once per shape.
+
+def family(build):
+    """Decorates ``build() -> {case: (Request, extra)}`` into a cached evaluation.
+
+    The decorated function returns ``{case: (extra, (value, grad))}``, computed once
+    for all cases as one compiled program (parametrised tests read their own case).
     """
-    arrays = {k: v for k, v in options.items() if _is_array(v)}
-    static = tuple(sorted((k, v) for k, v in options.items() if k not in arrays))
-    fn = _compiled(loss, static, tuple(sorted(arrays)), cotangent is not None)
-    out, grad = fn(
-        jnp.asarray(logits),
-        jnp.asarray(labels),
-        {k: jnp.asarray(v) for k, v in arrays.items()},
-        None if cotangent is None else jnp.asarray(cotangent, jnp.float32),
-    )
-    return np.asarray(out, np.float64), np.asarray(grad, np.float64)
+
+    @functools.cache
+    def results():
+        built = build()
+        values = jaxseg_many([request for request, _ in built.values()])
+        return {
+            case: (extra, value)
+            for (case, (_, extra)), value in zip(built.items(), values, strict=True)
+        }
+
+    return results

@@ -180,11 +180,12 @@ def test_with_components_of_a_plain_loss(data):
 
 
 def test_log_transform_of_dice(data):
-    logits, labels, _ = data
+    logits, labels, where = data
     log_dice = jaxseg.log_transform(jaxseg.dice_loss)
     assert log_dice.__name__ == "log_dice_loss"
-    value, grad = peers.jaxseg_value_and_grad(log_dice, logits, labels, batch=True)
-    dice, dice_grad = peers.jaxseg_value_and_grad(jaxseg.dice_loss, logits, labels, batch=True)
+    options = dict(include_background=False, ignore_index=2, where=where)
+    value, grad = peers.jaxseg_value_and_grad(log_dice, logits, labels, **options)
+    dice, dice_grad = peers.jaxseg_value_and_grad(jaxseg.dice_loss, logits, labels, **options)
     assert_close(value, -np.log(1 - dice))
     assert_close(grad, dice_grad / (1 - dice))  # chain rule: d(-log(1 - L)) = dL / (1 - L)
 
@@ -225,9 +226,10 @@ def test_deep_supervision_weights():
 
 def test_one_scale_is_the_plain_loss(data):
     logits, labels, where = data
-    supervised = jaxseg.deep_supervision(jaxseg.dice_ce)
-    got = jax.jit(jax.value_and_grad(lambda x: supervised([x], labels, where=where)))(logits)
-    want = peers.jaxseg_value_and_grad(jaxseg.dice_ce, logits, labels, where=where)
+    options = dict(include_background=False, ignore_index=2, where=where)
+    supervised = jaxseg.deep_supervision(jaxseg.dice_loss)
+    got = jax.jit(jax.value_and_grad(lambda x: supervised([x], labels, **options)))(logits)
+    want = peers.jaxseg_value_and_grad(jaxseg.dice_loss, logits, labels, **options)
     assert_close(got[0], want[0])
     assert_close(got[1], want[1])
 
@@ -248,46 +250,62 @@ def scales():
     return outputs, labels, where, small
 
 
-@pytest.mark.parametrize("weights", [None, "nnunet", (0.5, 0.2, 0.2, 0.1)])
-def test_several_scales_equal_the_hand_computed_sum(weights, scales):
+def _hand_sum(loss, outputs, small, weights):
+    """The weighted sum of per-scale losses on the hand-downsampled labels, one jit."""
+    return sum(
+        w * loss(x, y, where=m) for w, x, (y, m) in zip(weights, outputs, small, strict=True)
+    )
+
+
+def test_several_scales_equal_the_hand_computed_sum(scales):
     outputs, labels, where, small = scales
     loss = jaxseg.combine(dice=jaxseg.dice_loss, ce=jaxseg.cross_entropy)
-    supervised = jaxseg.deep_supervision(loss, weights=weights)
+    supervised = jaxseg.deep_supervision(loss)
     total, parts = supervised(outputs, labels, where=where, return_components=True)
-    w = deep_supervision_weights(4, weights)
-    per_scale = [
-        loss(x, y, where=m, return_components=True)
-        for x, (y, m) in zip(outputs, small, strict=True)
-    ]
-    assert_close(total, sum(wi * v for wi, (v, _) in zip(w, per_scale, strict=True)))
+    w = np.array([8, 4, 2, 1]) / 15
+    want = jax.jit(
+        lambda xs: {
+            "dice": _hand_sum(jaxseg.dice_loss, xs, small, w),
+            "ce": _hand_sum(jaxseg.cross_entropy, xs, small, w),
+        }
+    )(outputs)
     for name in ("dice", "ce"):
-        want = sum(wi * p[name] for wi, (_, p) in zip(w, per_scale, strict=True))
-        assert_close(parts[name], want)
+        assert_close(parts[name], want[name])
+    assert_close(total, want["dice"] + want["ce"])
+
+
+@pytest.mark.parametrize("weights", ["nnunet", (0.5, 0.2, 0.2, 0.1)])
+def test_scale_weights(weights, scales):
+    outputs, labels, where, small = scales
+    supervised = jaxseg.deep_supervision(squared_error, weights=weights)
+    w = {"nnunet": np.array([4, 2, 1, 0]) / 7}.get(weights, weights)
+    want = jax.jit(lambda xs: _hand_sum(squared_error, xs, small, w))(outputs)
+    assert_close(supervised(outputs, labels, where=where), want)
 
 
 def test_deep_supervision_dense_labels_and_gradient(scales):
+    """Dense labels are resized like integer ones; here a factor 2 and a non-integer one."""
     outputs, labels, where, small = scales
+    outputs, small = [outputs[0], outputs[3]], [small[0], small[3]]
     dense = ref.dense_labels(labels, 3, "softmax").astype(np.float32)
     supervised = jaxseg.deep_supervision(jaxseg.dice_loss)
     got = jax.jit(jax.value_and_grad(lambda xs: supervised(xs, dense, where=where)))(outputs)
-    w = deep_supervision_weights(4)
-    grads = [
-        peers.jaxseg_value_and_grad(jaxseg.dice_loss, x, y, where=m)
-        for x, (y, m) in zip(outputs, small, strict=True)
-    ]
-    assert_close(got[0], sum(wi * v for wi, (v, _) in zip(w, grads, strict=True)))
-    for g, wi, (_, want) in zip(got[1], w, grads, strict=True):
-        assert_close(g, wi * want)
+    w = deep_supervision_weights(2)
+    hand = lambda xs: _hand_sum(jaxseg.dice_loss, xs, small, w)  # integer labels
+    want = jax.jit(jax.value_and_grad(hand))(outputs)
+    assert_close(got[0], want[0])
+    for g, expected in zip(got[1], want[1], strict=True):
+        assert_close(g, expected)
 
 
 def test_deep_supervision_under_vmap(scales):
-    outputs, labels, _, small = scales
+    outputs, labels, where, small = scales
     supervised = jaxseg.deep_supervision(squared_error, weights=(1.0, 1.0, 1.0, 1.0))
     stacked = [np.stack([x, -x]) for x in outputs]
-    values = jax.jit(jax.vmap(lambda xs: supervised(xs, labels)))(stacked)
-    for i, sign in enumerate((1, -1)):
-        want = sum(squared_error(sign * x, y) for x, (y, _) in zip(outputs, small, strict=True))
-        assert_close(values[i], want)
+    values = jax.jit(jax.vmap(lambda xs: supervised(xs, labels, where=where)))(stacked)
+    ones = (1.0,) * 4
+    want = jax.jit(jax.vmap(lambda xs: _hand_sum(squared_error, xs, small, ones)))(stacked)
+    assert_close(values, want)
 
 
 def test_deep_supervision_errors(scales):

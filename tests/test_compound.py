@@ -82,7 +82,9 @@ def test_dice_ce_class_weights_match_monai_rescaled(data):
     dice = peers.monai("DiceLoss", logits, labels, weight=_torch_weight(kept), **options)
     ce = peers.torch_cross_entropy(logits, labels, weight=weights)
     scale = 1 / kept.mean()
-    monai_total = peers.monai("DiceCELoss", logits, labels, weight=_torch_weight(weights), **options)
+    monai_total = peers.monai(
+        "DiceCELoss", logits, labels, weight=_torch_weight(weights), **options
+    )
     assert_close(monai_total[0], dice[0] + ce[0])  # MONAI's DiceCELoss is this sum
     got = peers.jaxseg_value_and_grad(
         jaxseg.dice_ce, logits, labels, class_weights=weights.astype(np.float32),
@@ -179,9 +181,11 @@ def test_dice_focal_differs_from_monai_dice_focal_with_softmax(data):
     monai_value, _ = peers.monai(
         "DiceFocalLoss", logits, labels, softmax=True, to_onehot_y=True, gamma=0.0
     )
-    ours = jaxseg.dice_focal(logits, labels, gamma=0.0)
-    assert abs(float(ours) - float(monai_value)) > 1e-2
-    assert_close(ours, jaxseg.dice_ce(logits, labels))
+    ours = peers.jaxseg_value_and_grad(jaxseg.dice_focal, logits, labels, gamma=0.0)
+    assert abs(ours[0] - monai_value) > 1e-2
+    dice_ce = peers.jaxseg_value_and_grad(jaxseg.dice_ce, logits, labels)
+    assert_close(ours[0], dice_ce[0])
+    assert_close(ours[1], dice_ce[1])
 
 
 # ---------------------------------------------------------------------------------------
@@ -189,7 +193,7 @@ def test_dice_focal_differs_from_monai_dice_focal_with_softmax(data):
 
 
 def bce_log_dice_reference(logits, labels, *, ignore_index=None, where=None, batch=False):
-    """Binary CE (mean over valid pixel-channels) - log(mean Dice), sigmoid, float64."""
+    """Binary CE (mean over valid pixel-channels) and -log(mean Dice), sigmoid, float64."""
     x = np.asarray(logits, np.float64)
     num_channels = x.shape[-1]
     y = ref.dense_labels(labels, num_channels, "sigmoid")
@@ -202,21 +206,26 @@ def bce_log_dice_reference(logits, labels, *, ignore_index=None, where=None, bat
     axes = tuple(range(0 if batch else 1, x.ndim - 1))
     tp, ps, ys = (p * y).sum(axes), p.sum(axes), y.sum(axes)
     dice = (2 * tp + 1e-5) / (ps + ys + 1e-5)
-    return bce - np.log(dice.mean())
+    return bce, -np.log(dice.mean())
 
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"ignore_index": 2, "batch": True}, {"where": True}],
-    ids=["defaults", "ignore_index_batch", "where"],
+    [{}, {"ignore_index": 2, "batch": True}, {"where": True, "lambda_dice": 0.5}],
+    ids=["defaults", "ignore_index_batch", "where_lambda"],
 )
 def test_bce_log_dice_matches_reference(options):
     logits = ref.random_logits(ndim=2, classes=1, shape=(3, 6, 5))
     labels = ref.random_labels(ndim=2, classes=3, shape=(3, 6, 5))  # 2 is ignored or excluded
     if options.get("where"):
-        options = {"where": labels != 2}
-    want = bce_log_dice_reference(logits, labels, **options)
-    assert_close(jaxseg.bce_log_dice(logits, labels, **options), want)
+        options = dict(options, where=labels != 2)
+    lambda_dice = options.get("lambda_dice", 1.0)
+    reference_options = {k: v for k, v in options.items() if k != "lambda_dice"}
+    bce, log_dice = bce_log_dice_reference(logits, labels, **reference_options)
+    total, parts = jaxseg.bce_log_dice(logits, labels, return_components=True, **options)
+    assert_close(parts["ce"], bce)
+    assert_close(parts["log_dice"], log_dice)
+    assert_close(total, bce + lambda_dice * log_dice)
 
 
 def test_bce_log_dice_multichannel_and_gradient():
@@ -224,8 +233,8 @@ def test_bce_log_dice_multichannel_and_gradient():
     central differences of the float64 reference."""
     logits = ref.random_logits(ndim=3, classes=3, shape=(2, 4, 3, 2))
     labels = ref.random_labels(ndim=3, classes=3, shape=(2, 4, 3, 2))
-    value, grad = jax.value_and_grad(jaxseg.bce_log_dice)(logits, labels, ignore_index=0)
-    reference = lambda x: bce_log_dice_reference(x, labels, ignore_index=0)
+    value, grad = peers.jaxseg_value_and_grad(jaxseg.bce_log_dice, logits, labels, ignore_index=0)
+    reference = lambda x: sum(bce_log_dice_reference(x, labels, ignore_index=0))
     assert_close(value, reference(logits))
     x = logits.astype(np.float64)
     numeric = np.zeros_like(x)
@@ -236,24 +245,14 @@ def test_bce_log_dice_multichannel_and_gradient():
     assert_close(grad, numeric, rtol=1e-4, atol=1e-6)
 
 
-def test_bce_log_dice_components():
-    logits = ref.random_logits(ndim=2, classes=1, shape=(2, 5, 5))
-    labels = ref.random_labels(ndim=2, classes=1, shape=(2, 5, 5))
-    total, parts = jaxseg.bce_log_dice(logits, labels, lambda_dice=0.5, return_components=True)
-    dice = jaxseg.dice_loss(logits, labels, activation="sigmoid")
-    assert_close(parts["log_dice"], -np.log(1 - np.float64(dice)))
-    assert_close(parts["ce"], jaxseg.cross_entropy(logits, labels, activation="sigmoid"))
-    assert_close(total, parts["ce"] + 0.5 * parts["log_dice"])
-
-
 # ---------------------------------------------------------------------------------------
 # Transformations and errors
 
 
-@pytest.mark.parametrize("loss", [jaxseg.dice_ce, jaxseg.dice_focal], ids=["dice_ce", "dice_focal"])
-def test_compound_under_jit_grad_vmap(loss, data):
+def test_compound_under_jit_grad_vmap(data):
     """vmap over a leading axis (e.g. an ensemble) equals one call per slice, under jit."""
     logits, labels = data
+    loss = jaxseg.dice_ce
     stacked_x, stacked_y = np.stack([logits, logits[::-1]]), np.stack([labels, labels[::-1]])
     values, grads = jax.jit(jax.vmap(jax.value_and_grad(loss)))(stacked_x, stacked_y)
     for i in range(2):

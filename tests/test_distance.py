@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from jaxseg._distance import (
-    _interpolated_percentile,
+from jaxseg._distance import _interpolated_percentile
+from jaxseg.metrics import (
     boundary_mask,
     euclidean_distance_transform,
     hausdorff_distance,
@@ -88,7 +88,7 @@ def _monai_surface_dice(
 def test_edt_matches_scipy(ndim, spacing_kind, density):
     rng = np.random.default_rng(ndim * 100 + int(density * 1000))
     mask = rng.random(SHAPES[ndim]) < density
-    mask.flat[0] = True  # at least one feature: SciPy's convention is undefined without
+    mask.flat[0] = True  # SciPy has no defined answer for a mask without a feature
     spacing = _spacing(spacing_kind, ndim, seed=ndim)
     expected = ndimage.distance_transform_edt(~mask, sampling=spacing)
     got = euclidean_distance_transform(mask, spacing=spacing)

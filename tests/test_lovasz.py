@@ -275,9 +275,8 @@ def test_masked_equals_sliced():
 
 def test_nothing_valid_gives_zero_and_zero_gradient():
     (logits, labels), options = REFERENCE_CASES["all_where_class_weights_3d"]
-    value, grad = peers.jaxseg_value_and_grad(
-        jaxseg.lovasz_softmax_loss, logits, labels, **dict(options, where=np.zeros_like(options["where"]))
-    )  # fmt: skip
+    options = dict(options, where=np.zeros_like(options["where"]))
+    value, grad = peers.jaxseg_value_and_grad(jaxseg.lovasz_softmax_loss, logits, labels, **options)
     assert value == 0.0 and np.all(grad == 0.0)
     logits, labels = PER_IMAGE
     value, grad = peers.jaxseg_value_and_grad(

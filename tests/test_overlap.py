@@ -1,7 +1,8 @@
 """Tests of jaxseg._overlap: Dice, IoU, Tversky and generalized Dice losses.
 
 Oracles: MONAI 1.6 (values and gradients, channels-first float64 copies), MONAI's own
-published test values, and the float64 NumPy references of ``references.py``.
+published test values, and the float64 NumPy references of ``references.py``. Each
+family of parametrised cases is evaluated by one compiled program (``peers.family``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ LOSSES = {
 
 def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
     np.testing.assert_allclose(
-        np.asarray(actual, np.float64), np.asarray(expected, np.float64), rtol=rtol, atol=atol,
+        np.asarray(actual, np.float64),
+        np.asarray(expected, np.float64),
+        rtol=rtol,
+        atol=atol,
         strict=True,
     )
 
@@ -45,8 +49,6 @@ def make_labels(kind, ndim, classes, seed=1):
         return ref.random_labels(ndim, classes, seed)
     if kind == "soft":
         return ref.soft_labels(ndim, classes, seed)
-    if kind == "onehot":
-        return np.eye(classes, dtype=np.float32)[ref.random_labels(ndim, classes, seed)]
     if kind == "empty":  # class 2 absent from sample 0, class 1 from sample 1
         return ref.with_empty_classes(ref.random_labels(ndim, classes, seed), [(0, 2), (1, 1)])
     if kind == "sentinel":  # about a fifth of the pixels carry the ignore label 255
@@ -63,11 +65,19 @@ def monai_activation(activation, classes, labels):
     return flags
 
 
-def compare_with_monai(
-    jaxseg_loss, monai_name, *, ndim, classes=3, labels="int", activation="softmax",
-    jaxseg_options=None, monai_options=None, scale=1.0,
+def monai_case(
+    jaxseg_loss,
+    monai_name,
+    *,
+    ndim,
+    classes=3,
+    labels="int",
+    activation="softmax",
+    jaxseg_options=None,
+    monai_options=None,
+    scale=1.0,
 ):
-    """Value and gradient of ``jaxseg_loss`` equal ``scale`` times MONAI's."""
+    """The jaxseg request, the MONAI call and the expected ratio of one parity case."""
     jaxseg_options = dict(jaxseg_options or {})
     monai_options = dict(monai_options or {})
     x = ref.random_logits(ndim, classes, seed=ndim)
@@ -76,27 +86,47 @@ def compare_with_monai(
     y = make_labels(labels, ndim, classes)
     cotangent = None
     if jaxseg_options.get("reduction") == "none":
-        expected_shape = np.shape(reference_shape(jaxseg_loss, x, y, jaxseg_options))
-        cotangent = np.random.default_rng(7).uniform(0.5, 1.5, expected_shape)
+        name = {v: k for k, v in LOSSES.items()}[jaxseg_loss]
+        shape = np.shape(reference(name, x, y, **jaxseg_options))
+        cotangent = np.random.default_rng(7).uniform(0.5, 1.5, shape).astype(np.float32)
     if activation != "softmax":
         jaxseg_options["activation"] = activation
-    value, grad = peers.jaxseg_value_and_grad(
-        jaxseg_loss, x, y, cotangent=cotangent, **jaxseg_options
+    monai = functools.partial(
+        peers.monai,
+        monai_name,
+        x,
+        y,
+        cotangent=cotangent,
+        **monai_activation(activation, classes, y),
+        **monai_options,
     )
-    m_value, m_grad = peers.monai(
-        monai_name, x, y, cotangent=cotangent,
-        **monai_activation(activation, classes, y), **monai_options,
-    )
+    return peers.Request(jaxseg_loss, x, y, jaxseg_options, cotangent), monai, scale
+
+
+# name -> {case: (loss, MONAI class, spec)}; each family compiles as one program.
+MONAI_FAMILIES = {}
+
+
+@functools.cache
+def monai_family(family):
+    built = {
+        case: monai_case(loss, name, **spec)
+        for case, (loss, name, spec) in MONAI_FAMILIES[family].items()
+    }
+    results = peers.jaxseg_many([request for request, _, _ in built.values()])
+    return {
+        case: (monai, scale, result)
+        for (case, (_, monai, scale)), result in zip(built.items(), results, strict=True)
+    }
+
+
+def check_monai(family, case):
+    """Value and gradient of the jaxseg case equal ``scale`` times MONAI's."""
+    monai, scale, (value, grad) = monai_family(family)[case]
+    m_value, m_grad = monai()
     assert np.all(np.isfinite(grad))
     assert_close(value, scale * m_value.reshape(value.shape))
     assert_close(grad, scale * m_grad)
-    return value
-
-
-def reference_shape(loss, x, y, options):
-    name = {v: k for k, v in LOSSES.items()}[loss]
-    opts = {k: v for k, v in options.items() if k not in ("empty",)}
-    return reference(name, x, y, **opts)
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,122 +137,217 @@ DICE_CASES = {
     "3d": dict(ndim=3),
     "squared": dict(ndim=2, jaxseg_options={"squared": True}, monai_options={"squared_pred": True}),
     "batch-no-background": dict(
-        ndim=2, classes=4, jaxseg_options={"batch": True, "include_background": False},
+        ndim=2,
+        classes=4,
+        jaxseg_options={"batch": True, "include_background": False},
         monai_options={"batch": True, "include_background": False},
     ),
     "smoothing-sum": dict(
-        ndim=1, jaxseg_options={"smooth_nr": 0.5, "smooth_dr": 2.0, "reduction": "sum"},
+        ndim=1,
+        jaxseg_options={"smooth_nr": 0.5, "smooth_dr": 2.0, "reduction": "sum"},
         monai_options={"smooth_nr": 0.5, "smooth_dr": 2.0, "reduction": "sum"},
     ),
     "empty-classes-none": dict(
-        ndim=2, labels="empty", jaxseg_options={"reduction": "none"},
+        ndim=2,
+        labels="empty",
+        jaxseg_options={"reduction": "none"},
         monai_options={"reduction": "none"},
     ),
     "ignore-in-range": dict(
         ndim=2, jaxseg_options={"ignore_index": 1}, monai_options={"ignore_index": 1}
     ),
     "ignore-sentinel-batch": dict(
-        ndim=3, labels="sentinel", jaxseg_options={"ignore_index": 255, "batch": True},
+        ndim=3,
+        labels="sentinel",
+        jaxseg_options={"ignore_index": 255, "batch": True},
         monai_options={"ignore_index": 255, "batch": True},
     ),
     "soft-label": dict(
-        ndim=3, labels="soft", jaxseg_options={"soft_label": True},
+        ndim=3,
+        labels="soft",
+        jaxseg_options={"soft_label": True},
         monai_options={"soft_label": True},
     ),
     "soft-label-squared": dict(
-        ndim=1, labels="soft", jaxseg_options={"soft_label": True, "squared": True},
+        ndim=1,
+        labels="soft",
+        jaxseg_options={"soft_label": True, "squared": True},
         monai_options={"soft_label": True, "squared_pred": True},
     ),
     "sigmoid-multichannel": dict(ndim=2, activation="sigmoid"),
     "sigmoid-binary-batch": dict(
-        ndim=3, classes=1, activation="sigmoid", jaxseg_options={"batch": True},
+        ndim=3,
+        classes=1,
+        activation="sigmoid",
+        jaxseg_options={"batch": True},
         monai_options={"batch": True},
     ),
     "probabilities": dict(ndim=2, activation=None),
 }
 
 
-@pytest.mark.parametrize("case", list(DICE_CASES), ids=list(DICE_CASES))
+MONAI_FAMILIES["dice"] = {k: (jaxseg.dice_loss, "DiceLoss", v) for k, v in DICE_CASES.items()}
+
+
+@pytest.mark.parametrize("case", list(DICE_CASES))
 def test_dice_matches_monai(case):
-    compare_with_monai(jaxseg.dice_loss, "DiceLoss", **DICE_CASES[case])
+    check_monai("dice", case)
 
 
-@pytest.mark.parametrize(
-    "ndim, options",
-    [(2, {}), (3, {"squared": True, "batch": True, "soft_label": True})],
-    ids=["2d", "3d-squared-batch-soft-label"],
-)
-def test_iou_matches_monai_jaccard_with_half_smoothing(ndim, options):
+def _jaccard_case(ndim, options, s=0.1):
     # MONAI's jaccard doubles numerator and denominator: smoothing s there is s/2 here.
-    s = 0.1
-    monai_options = {"squared_pred": options.get("squared", False),
-                     "batch": options.get("batch", False),
-                     "soft_label": options.get("soft_label", False)}
-    compare_with_monai(
-        jaxseg.jaccard_loss, "DiceLoss", ndim=ndim,
-        labels="soft" if options.get("soft_label") else "int",
-        jaxseg_options=dict(options, smooth_nr=s / 2, smooth_dr=s / 2),
-        monai_options=dict(monai_options, jaccard=True, smooth_nr=s, smooth_dr=s),
+    monai_options = {
+        "squared_pred": options.get("squared", False),
+        "batch": options.get("batch", False),
+        "soft_label": options.get("soft_label", False),
+    }
+    return (
+        jaxseg.jaccard_loss,
+        "DiceLoss",
+        dict(
+            ndim=ndim,
+            labels="soft" if options.get("soft_label") else "int",
+            jaxseg_options=dict(options, smooth_nr=s / 2, smooth_dr=s / 2),
+            monai_options=dict(monai_options, jaccard=True, smooth_nr=s, smooth_dr=s),
+        ),
     )
 
 
-@pytest.mark.parametrize(
-    "reduction, include_background", [("none", True), ("sum", False), ("mean", False)]
-)
-def test_dice_class_weights_match_monai(reduction, include_background):
+MONAI_FAMILIES["jaccard"] = {
+    "2d": _jaccard_case(2, {}),
+    "3d-squared-batch-soft-label": _jaccard_case(
+        3, {"squared": True, "batch": True, "soft_label": True}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MONAI_FAMILIES["jaccard"]))
+def test_iou_matches_monai_jaccard_with_half_smoothing(case):
+    check_monai("jaccard", case)
+
+
+def _weighted_case(reduction, include_background):
     weights = np.array([0.5, 2.0, 1.0, 3.0], np.float32)
     kept = weights if include_background else weights[1:]
     # MONAI's mean is mean(w L) over (batch, classes); jaxseg's is sum(w L) / sum(w).
     scale = len(kept) / kept.sum() if reduction == "mean" else 1.0
-    compare_with_monai(
-        jaxseg.dice_loss, "DiceLoss", ndim=2, classes=4, scale=scale,
-        jaxseg_options={"class_weights": weights, "reduction": reduction,
-                        "include_background": include_background},
-        monai_options={"weight": kept.tolist(), "reduction": reduction,
-                       "include_background": include_background},
+    return (
+        jaxseg.dice_loss,
+        "DiceLoss",
+        dict(
+            ndim=2,
+            classes=4,
+            scale=scale,
+            jaxseg_options={
+                "class_weights": weights,
+                "reduction": reduction,
+                "include_background": include_background,
+            },
+            monai_options={
+                "weight": kept.tolist(),
+                "reduction": reduction,
+                "include_background": include_background,
+            },
+        ),
     )
 
 
-TVERSKY_CASES = {
-    "fp-light": dict(ndim=2, jaxseg_options={"alpha": 0.3, "beta": 0.7},
-                     monai_options={"alpha": 0.3, "beta": 0.7}),
-    "fp-heavy-batch": dict(ndim=3, jaxseg_options={"alpha": 0.8, "beta": 0.2, "batch": True},
-                           monai_options={"alpha": 0.8, "beta": 0.2, "batch": True}),
-    "ignore-sentinel": dict(ndim=1, labels="sentinel",
-                            jaxseg_options={"alpha": 0.4, "beta": 0.9, "ignore_index": 255},
-                            monai_options={"alpha": 0.4, "beta": 0.9, "ignore_index": 255}),
-    "ignore-in-range-none-sigmoid": dict(
-        ndim=2, activation="sigmoid", jaxseg_options={"ignore_index": 0, "reduction": "none"},
-        monai_options={"ignore_index": 0, "reduction": "none"}),
+MONAI_FAMILIES["weighted"] = {
+    f"{reduction}-{'with' if background else 'no'}-background": _weighted_case(
+        reduction, background
+    )
+    for reduction, background in [("none", True), ("sum", False), ("mean", False)]
 }
 
 
-@pytest.mark.parametrize("case", list(TVERSKY_CASES), ids=list(TVERSKY_CASES))
+@pytest.mark.parametrize("case", list(MONAI_FAMILIES["weighted"]))
+def test_dice_class_weights_match_monai(case):
+    check_monai("weighted", case)
+
+
+TVERSKY_CASES = {
+    "fp-light": dict(
+        ndim=2,
+        jaxseg_options={"alpha": 0.3, "beta": 0.7},
+        monai_options={"alpha": 0.3, "beta": 0.7},
+    ),
+    "fp-heavy-batch": dict(
+        ndim=3,
+        jaxseg_options={"alpha": 0.8, "beta": 0.2, "batch": True},
+        monai_options={"alpha": 0.8, "beta": 0.2, "batch": True},
+    ),
+    "ignore-sentinel": dict(
+        ndim=1,
+        labels="sentinel",
+        jaxseg_options={"alpha": 0.4, "beta": 0.9, "ignore_index": 255},
+        monai_options={"alpha": 0.4, "beta": 0.9, "ignore_index": 255},
+    ),
+    "ignore-in-range-none-sigmoid": dict(
+        ndim=2,
+        activation="sigmoid",
+        jaxseg_options={"ignore_index": 0, "reduction": "none"},
+        monai_options={"ignore_index": 0, "reduction": "none"},
+    ),
+    # smooth_nr > smooth_dr: indices above 1, negative losses (not clipped at 0).
+    "smooth-nr-above-dr-none": dict(
+        ndim=2,
+        labels="empty",
+        jaxseg_options={"smooth_nr": 20.0, "smooth_dr": 0.0, "reduction": "none"},
+        monai_options={"smooth_nr": 20.0, "smooth_dr": 0.0, "reduction": "none"},
+    ),
+}
+
+
+MONAI_FAMILIES["tversky"] = {
+    k: (jaxseg.tversky_loss, "TverskyLoss", v) for k, v in TVERSKY_CASES.items()
+}
+
+
+@pytest.mark.parametrize("case", list(TVERSKY_CASES))
 def test_tversky_matches_monai(case):
-    compare_with_monai(jaxseg.tversky_loss, "TverskyLoss", **TVERSKY_CASES[case])
+    check_monai("tversky", case)
 
 
 GDL_CASES = {
     "square": dict(ndim=2),
-    "simple-1d": dict(ndim=1, jaxseg_options={"weight_type": "simple"},
-                      monai_options={"w_type": "simple"}),
-    "uniform-batch": dict(ndim=3, jaxseg_options={"weight_type": "uniform", "batch": True},
-                          monai_options={"w_type": "uniform", "batch": True}),
-    "empty-classes-none": dict(ndim=2, labels="empty", jaxseg_options={"reduction": "none"},
-                               monai_options={"reduction": "none"}),
+    "simple-1d": dict(
+        ndim=1, jaxseg_options={"weight_type": "simple"}, monai_options={"w_type": "simple"}
+    ),
+    "uniform-batch": dict(
+        ndim=3,
+        jaxseg_options={"weight_type": "uniform", "batch": True},
+        monai_options={"w_type": "uniform", "batch": True},
+    ),
+    "empty-classes-none": dict(
+        ndim=2,
+        labels="empty",
+        jaxseg_options={"reduction": "none"},
+        monai_options={"reduction": "none"},
+    ),
     "empty-classes-simple-batch": dict(
-        ndim=2, labels="empty", jaxseg_options={"weight_type": "simple", "batch": True},
-        monai_options={"w_type": "simple", "batch": True}),
+        ndim=2,
+        labels="empty",
+        jaxseg_options={"weight_type": "simple", "batch": True},
+        monai_options={"w_type": "simple", "batch": True},
+    ),
     "no-background-soft-label-sum": dict(
-        ndim=3, classes=4, labels="soft",
+        ndim=3,
+        classes=4,
+        labels="soft",
         jaxseg_options={"include_background": False, "soft_label": True, "reduction": "sum"},
-        monai_options={"include_background": False, "soft_label": True, "reduction": "sum"}),
+        monai_options={"include_background": False, "soft_label": True, "reduction": "sum"},
+    ),
 }
 
 
-@pytest.mark.parametrize("case", list(GDL_CASES), ids=list(GDL_CASES))
+MONAI_FAMILIES["generalized_dice"] = {
+    k: (jaxseg.generalized_dice_loss, "GeneralizedDiceLoss", v) for k, v in GDL_CASES.items()
+}
+
+
+@pytest.mark.parametrize("case", list(GDL_CASES))
 def test_generalized_dice_matches_monai(case):
-    compare_with_monai(jaxseg.generalized_dice_loss, "GeneralizedDiceLoss", **GDL_CASES[case])
+    check_monai("generalized_dice", case)
 
 
 # MONAI's tests/losses/test_dice_loss.py (channels-first inputs, expected values), each
@@ -238,20 +363,49 @@ _Y3 = [[[0, 0, 1]], [[0, 1, 0]]]
 _X4 = [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
 _Y4 = [[[1, 0, 0]], [[1, 1, 0]]]
 MONAI_PUBLISHED = {
-    "sigmoid": (jaxseg.dice_loss, _X1, _Y1,
-                dict(activation="sigmoid", smooth_nr=1e-6, smooth_dr=1e-6), 0.307576),
-    "sigmoid-batch2": (jaxseg.dice_loss, _X2, _Y2,
-                       dict(activation="sigmoid", smooth_nr=1e-4, smooth_dr=1e-4), 0.416657),
+    "sigmoid": (
+        jaxseg.dice_loss,
+        _X1,
+        _Y1,
+        dict(activation="sigmoid", smooth_nr=1e-6, smooth_dr=1e-6),
+        0.307576,
+    ),
+    "sigmoid-batch2": (
+        jaxseg.dice_loss,
+        _X2,
+        _Y2,
+        dict(activation="sigmoid", smooth_nr=1e-4, smooth_dr=1e-4),
+        0.416657,
+    ),
     "probabilities-no-background": (
-        jaxseg.dice_loss, _X3, _Y3,
-        dict(activation=None, include_background=False, smooth_nr=0.0, smooth_dr=0.0), 0.0),
-    "sigmoid-onehot": (jaxseg.dice_loss, _X4, _Y4,
-                       dict(activation="sigmoid", smooth_nr=1e-4, smooth_dr=1e-4), 0.435050),
-    "softmax-sum": (jaxseg.dice_loss, _X4, _Y4,
-                    dict(smooth_nr=1e-4, smooth_dr=1e-4, reduction="sum"), 1.534853),
+        jaxseg.dice_loss,
+        _X3,
+        _Y3,
+        dict(activation=None, include_background=False, smooth_nr=0.0, smooth_dr=0.0),
+        0.0,
+    ),
+    "sigmoid-onehot": (
+        jaxseg.dice_loss,
+        _X4,
+        _Y4,
+        dict(activation="sigmoid", smooth_nr=1e-4, smooth_dr=1e-4),
+        0.435050,
+    ),
+    "softmax-sum": (
+        jaxseg.dice_loss,
+        _X4,
+        _Y4,
+        dict(smooth_nr=1e-4, smooth_dr=1e-4, reduction="sum"),
+        1.534853,
+    ),
     "squared": (jaxseg.dice_loss, _X1, _Y1, dict(activation="sigmoid", squared=True), 0.178337),
-    "jaccard": (jaxseg.iou_loss, _X1, _Y1,
-                dict(activation="sigmoid", smooth_nr=5e-7, smooth_dr=5e-7), 0.470451),
+    "jaccard": (
+        jaxseg.iou_loss,
+        _X1,
+        _Y1,
+        dict(activation="sigmoid", smooth_nr=5e-7, smooth_dr=5e-7),
+        0.470451,
+    ),
 }
 
 
@@ -276,10 +430,14 @@ def test_hand_computed_values():
     assert_close(jaxseg.generalized_dice_loss(x, y, **zero), 0.5)
     # A perfect prediction of an empty class with zero smoothing scores 1 (loss 0), no NaN.
     probs = np.array([[[1.0, 0.0], [1.0, 0.0]]], np.float32)
+    labels = np.array([[0, 0]])
     assert_close(
-        jaxseg.dice_loss(probs, np.array([[0, 0]]), activation=None, reduction="none", **zero),
-        [[0.0, 0.0]],
+        jaxseg.dice_loss(probs, labels, activation=None, reduction="none", **zero), [[0.0, 0.0]]
     )
+    # smooth_nr > smooth_dr lifts the index above 1: class 0 (tp = 2) gives
+    # 1 - (2 + 1) / (2 + 0.5) = -0.2, empty class 1 gives 1 - 1 / 0.5 = -1 (as MONAI).
+    lifted = dict(activation=None, smooth_nr=1.0, smooth_dr=0.5, reduction="none")
+    assert_close(jaxseg.tversky_loss(probs, labels, **lifted), [[-0.2, -1.0]])
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,39 +445,79 @@ def test_hand_computed_values():
 
 REFERENCE_CASES = {
     "dice-where": ("dice", 2, "int", dict(where=True)),
-    "dice-where-ignore-batch": ("dice", 3, "sentinel", dict(where=True, ignore_index=255,
-                                                             batch=True)),
-    "dice-weights-no-background": ("dice", 1, "int", dict(
-        class_weights=np.array([1.0, 0.0, 2.5]), include_background=False)),
+    "dice-where-ignore-batch": (
+        "dice",
+        3,
+        "sentinel",
+        dict(where=True, ignore_index=255, batch=True),
+    ),
+    "dice-weights-no-background": (
+        "dice",
+        1,
+        "int",
+        dict(class_weights=np.array([1.0, 0.0, 2.5]), include_background=False),
+    ),
     "iou-squared-none": ("iou", 2, "int", dict(squared=True, reduction="none")),
     "iou-sigmoid-sum": ("iou", 3, "int", dict(activation="sigmoid", reduction="sum")),
     "tversky-gamma": ("tversky", 2, "int", dict(alpha=0.7, beta=0.3, gamma=0.75)),
     "tversky-gamma2-soft": ("tversky", 1, "soft", dict(gamma=2.0, soft_label=True)),
     "tversky-probabilities": ("tversky", 2, "int", dict(activation=None, alpha=0.2, beta=1.5)),
-    "gdl-class-weights": ("generalized_dice", 2, "empty", dict(
-        class_weights=np.array([0.2, 1.0, 3.0]))),
-    "gdl-where-ignore-none": ("generalized_dice", 3, "sentinel", dict(
-        where=True, ignore_index=255, reduction="none")),
-    "gdl-sigmoid-soft": ("generalized_dice", 1, "soft", dict(
-        activation="sigmoid", soft_label=True, weight_type="simple")),
-    "dice-smooth-nr-above-dr": ("dice", 2, "empty", dict(smooth_nr=1.0, smooth_dr=1e-3,
-                                                         reduction="none")),
-    "tversky-smooth-nr-above-dr": ("tversky", 2, "empty", dict(smooth_nr=1.0, smooth_dr=1e-3,
-                                                               reduction="none")),
+    "gdl-class-weights": (
+        "generalized_dice",
+        2,
+        "empty",
+        dict(class_weights=np.array([0.2, 1.0, 3.0])),
+    ),
+    "gdl-where-ignore-none": (
+        "generalized_dice",
+        3,
+        "sentinel",
+        dict(where=True, ignore_index=255, reduction="none"),
+    ),
+    "gdl-sigmoid-soft": (
+        "generalized_dice",
+        1,
+        "soft",
+        dict(activation="sigmoid", soft_label=True, weight_type="simple"),
+    ),
+    # An index above 1 (a negative loss) where fp + fn < smooth_nr.
+    "dice-smooth-nr-above-dr": (
+        "dice",
+        2,
+        "empty",
+        dict(smooth_nr=20.0, smooth_dr=0.0, reduction="none"),
+    ),
+    "tversky-smooth-nr-above-dr": (
+        "tversky",
+        2,
+        "empty",
+        dict(smooth_nr=20.0, smooth_dr=0.0, reduction="none"),
+    ),
 }
 
 
-@pytest.mark.parametrize("case", list(REFERENCE_CASES), ids=list(REFERENCE_CASES))
+@peers.family
+def reference_family():
+    built = {}
+    for case, (name, ndim, labels, options) in REFERENCE_CASES.items():
+        options = dict(options)
+        x = ref.random_logits(ndim, 3, seed=ndim + 3)
+        if options.get("activation", "softmax") is None:
+            x = ref.softmax(x).astype(np.float32)
+        y = make_labels(labels, ndim, 3)
+        if options.pop("where", False):
+            options["where"] = np.random.default_rng(5).random(ref.SHAPES[ndim]) < 0.7
+        expected = reference(name, x, y, **options)
+        cotangent = np.ones(np.shape(expected), np.float32) if np.ndim(expected) else None
+        built[case] = (peers.Request(LOSSES[name], x, y, options, cotangent), expected)
+    return built
+
+
+@pytest.mark.parametrize("case", list(REFERENCE_CASES))
 def test_matches_float64_reference(case):
-    name, ndim, labels, options = REFERENCE_CASES[case]
-    options = dict(options)
-    x = ref.random_logits(ndim, 3, seed=ndim + 3)
-    if options.get("activation", "softmax") is None:
-        x = ref.softmax(x).astype(np.float32)
-    y = make_labels(labels, ndim, 3)
-    if options.pop("where", False):
-        options["where"] = np.random.default_rng(5).random(ref.SHAPES[ndim]) < 0.7
-    assert_close(LOSSES[name](x, y, **options), reference(name, x, y, **options))
+    expected, (value, grad) = reference_family()[case]
+    assert np.all(np.isfinite(grad))
+    assert_close(value, expected)
 
 
 @pytest.mark.parametrize(
@@ -328,9 +526,8 @@ def test_matches_float64_reference(case):
         ("dice", {"squared": True, "batch": True, "include_background": False}),
         ("iou", {"soft_label": True, "empty": "exclude", "smooth_nr": 0.0, "smooth_dr": 0.0}),
         ("tversky", {"alpha": 0.3, "beta": 0.7, "gamma": 0.75}),
-        ("generalized_dice", {"weight_type": "square"}),
     ],
-    ids=["dice-squared-batch", "iou-soft-exclude", "focal-tversky", "gdl"],
+    ids=["dice-squared-batch", "iou-soft-exclude", "focal-tversky"],
 )
 def test_check_grads_float64(name, options):
     x = ref.random_logits(1, 3, seed=11).astype(np.float64)
@@ -348,64 +545,113 @@ def test_check_grads_float64(name, options):
 # Masking equals slicing, jit equals eager, vmap equals a loop
 
 
-@pytest.mark.parametrize(
-    "name, mask, options",
-    [
-        ("dice", "where", {}),
-        ("dice", "ignore_index", {"batch": True, "squared": True}),
-        ("tversky", "where", {"alpha": 0.2, "beta": 0.8, "include_background": False}),
-        ("generalized_dice", "ignore_index", {"reduction": "none"}),
-    ],
-)
-def test_masked_equals_sliced(name, mask, options):
-    # Excluding the last two columns equals cutting them away.
+MASKED_CASES = {
+    "dice-where": ("dice", "where", {}),
+    "dice-ignore-batch-squared": ("dice", "ignore_index", {"batch": True, "squared": True}),
+    "tversky-where-no-background": (
+        "tversky",
+        "where",
+        {"alpha": 0.2, "beta": 0.8, "include_background": False},
+    ),
+    "gdl-ignore-none": ("generalized_dice", "ignore_index", {"reduction": "none"}),
+}
+
+
+@peers.family
+def masked_family():
+    # Excluding the last two columns must equal cutting them away.
     x = ref.random_logits(2, 3, seed=21)
     y = ref.random_labels(2, 3, seed=22)
-    if mask == "where":
-        where = np.ones(y.shape, bool)
-        where[..., -2:] = False
-        masked = LOSSES[name](x, y, where=where, **options)
-    else:
-        y_masked = y.copy()
-        y_masked[..., -2:] = -100
-        masked = LOSSES[name](x, y_masked, ignore_index=-100, **options)
-    sliced = LOSSES[name](x[..., :-2, :], y[..., :-2], **options)
+    where = np.ones(y.shape, bool)
+    where[..., -2:] = False
+    y_ignored = np.where(where, y, -100).astype(np.int32)
+    x_sliced, y_sliced = x[..., :-2, :], y[..., :-2]
+    built = {}
+    for case, (name, mask, options) in MASKED_CASES.items():
+        expected = reference(name, x_sliced, y_sliced, **options)
+        ones = np.ones(np.shape(expected), np.float32) if np.ndim(expected) else None
+        if mask == "where":
+            masked = peers.Request(LOSSES[name], x, y, dict(options, where=where), ones)
+        else:
+            masked = peers.Request(
+                LOSSES[name], x, y_ignored, dict(options, ignore_index=-100), ones
+            )
+        built[case, "masked"] = (masked, (expected, where))
+        built[case, "sliced"] = (
+            peers.Request(LOSSES[name], x_sliced, y_sliced, options, ones),
+            None,
+        )
+    return built
+
+
+@pytest.mark.parametrize("case", list(MASKED_CASES))
+def test_masked_equals_sliced(case):
+    (expected, where), (masked, masked_grad) = masked_family()[case, "masked"]
+    _, (sliced, sliced_grad) = masked_family()[case, "sliced"]
     assert_close(masked, sliced)
-    assert_close(masked, reference(name, x[..., :-2, :], y[..., :-2], **options))
+    assert_close(masked, expected)
+    # The gradient too: equal on the kept pixels, zero on the excluded ones.
+    assert_close(masked_grad[..., :-2, :], sliced_grad)
+    assert np.all(masked_grad[~where] == 0)
 
 
-@pytest.mark.parametrize(
-    "name, options",
-    [("dice", {"batch": True, "empty": "exclude"}), ("generalized_dice", {"ignore_index": 0})],
-)
-def test_jit_equals_eager(name, options):
+def test_jit_equals_eager():
+    # Op-by-op execution compiles every primitive: one forward pass keeps it affordable
+    # (test_pixel.py compares an eager gradient).
+    options = {"ignore_index": 0}
     x = ref.random_logits(1, 3, seed=31)
     y = make_labels("empty", 1, 3, seed=32)
-    loss = functools.partial(LOSSES[name], **options)
-    jitted = jax.jit(jax.value_and_grad(loss))(x, y)
+    loss = functools.partial(jaxseg.dice_loss, **options)
+    jitted = jax.jit(loss)(x, y)
     with jax.disable_jit():
-        eager = jax.value_and_grad(loss)(x, y)
-    assert_close(jitted[0], eager[0])
-    assert_close(jitted[1], eager[1])
-    assert_close(jitted[0], reference(name, x, y, **options))
+        eager = loss(x, y)
+    assert_close(jitted, eager)
+    assert_close(jitted, reference("dice", x, y, **options))
 
 
 @pytest.mark.parametrize(
     "name, options",
-    [("dice", {"reduction": "none"}), ("generalized_dice", {"batch": True}),
-     ("iou", {"empty": "complement", "activation": "sigmoid"})],
+    [
+        ("dice", {"reduction": "none"}),
+        ("generalized_dice", {"batch": True}),
+        ("iou", {"empty": "complement", "activation": "sigmoid"}),
+    ],
 )
 def test_vmap_over_a_leading_axis_equals_a_loop(name, options):
     classes = 1 if options.get("empty") == "complement" else 3
     xs = np.stack([ref.random_logits(2, classes, seed=s) for s in range(3)])
     ys = np.stack([ref.random_labels(2, classes, seed=10 + s) for s in range(3)])
     ys[1, 0] = 0  # an empty sample for the complement policy
-    loss = jax.jit(functools.partial(LOSSES[name], **options))
+    loss = peers.jit(functools.partial(LOSSES[name], **options))
     mapped = jax.vmap(loss)(xs, ys)
     looped = np.stack([loss(x, y) for x, y in zip(xs, ys, strict=True)])
     assert_close(mapped, looped)
     for x, y, value in zip(xs, ys, mapped, strict=True):
         assert_close(value, reference(name, x, y, **options))
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("dice", {"empty": "exclude"}),
+        ("generalized_dice", {"batch": True}),
+    ],
+)
+def test_axis_name_makes_the_loss_global(name, options):
+    # vmap with an axis name stands for shard_map/pmap: two shards of two samples each.
+    x = ref.random_logits(2, 3, seed=35, shape=(4, 5, 6))
+    y = ref.with_empty_classes(ref.random_labels(2, 3, seed=36, shape=(4, 5, 6)), [(3, 1)])
+    shards = lambda a: a.reshape(2, 2, *a.shape[1:])
+    loss = functools.partial(LOSSES[name], axis_name="shards", **options)
+    values, grads = peers.jit(jax.vmap(jax.value_and_grad(loss), axis_name="shards"))(
+        shards(x), shards(y)
+    )
+    whole_value, whole_grad = peers.jaxseg_value_and_grad(LOSSES[name], x, y, **options)
+    assert_close(values, np.full(2, whole_value))
+    assert_close(values[0], reference(name, x, y, **options))
+    # Each shard's gradient is the number of shards times its part of the global one:
+    # averaging parameter gradients with pmean gives the global gradient.
+    assert_close(np.asarray(grads).reshape(x.shape), 2 * whole_grad)
 
 
 # ---------------------------------------------------------------------------------------
@@ -418,17 +664,24 @@ def test_exclude_policy_drops_empty_classes_without_nan():
     present = np.ones((2, 3), bool)
     present[0, 2] = present[1, 1] = False
     zero = dict(smooth_nr=0.0, smooth_dr=0.0)
+    (value, grad), (none, grad_excluded) = peers.jaxseg_many(
+        [
+            (jaxseg.dice_loss, x, y, dict(empty="exclude", **zero)),
+            (
+                jaxseg.dice_loss,
+                x,
+                y,
+                dict(empty="exclude", reduction="none", **zero),
+                (~present).astype(np.float32),
+            ),
+        ]
+    )
     # The mean over the four present (sample, class) entries only.
-    value, grad = peers.jaxseg_value_and_grad(jaxseg.dice_loss, x, y, empty="exclude", **zero)
     assert np.all(np.isfinite(grad))
     assert_close(value, ref.overlap_loss("dice", x, y, empty="exclude", **zero))
     per_entry = ref.overlap_loss("dice", x, y, reduction="none", **zero)
     assert_close(value, per_entry[present].mean())
     # Excluded entries contribute exactly zero, to the value and to the gradient.
-    none, grad_excluded = peers.jaxseg_value_and_grad(
-        jaxseg.dice_loss, x, y, cotangent=(~present).astype(np.float32), empty="exclude",
-        reduction="none", **zero,
-    )
     assert none[~present].tolist() == [0.0, 0.0]
     assert_close(none[present], per_entry[present])
     assert np.all(grad_excluded == 0)
@@ -447,25 +700,36 @@ def test_smooth_policy_on_empty_class_follows_the_smoothing_terms():
     assert_close(grad[1, :, 1], [1e-5, 1e-5], rtol=1e-3)
 
 
-@pytest.mark.parametrize("name", ["dice", "iou", "tversky"])
-def test_complement_policy_scores_the_complement_of_empty_labels(name):
+@peers.family
+def complement_family():
     # One sigmoid channel; sample 1 has an empty label.
     x = ref.random_logits(2, 1, seed=51)
     y = ref.random_labels(2, 1, seed=52)
     y[1] = 0
     options = dict(activation="sigmoid", empty="complement", reduction="none")
     cotangent = np.array([[0.0], [1.0]], np.float32)
-    value, grad = peers.jaxseg_value_and_grad(
-        LOSSES[name], x, y, cotangent=cotangent, **options
-    )
-    assert_close(value, ref.overlap_loss(name, x, y, **options))
+    return {
+        name: (
+            peers.Request(LOSSES[name], x, y, options, cotangent),
+            (x, ref.overlap_loss(name, x, y, **options)),
+        )
+        for name in ("dice", "iou", "tversky")
+    }
+
+
+@pytest.mark.parametrize("name", ["dice", "iou", "tversky"])
+def test_complement_policy_scores_the_complement_of_empty_labels(name):
+    (x, expected), (value, grad) = complement_family()[name]
+    assert_close(value, expected)
     # By hand: the score of (1 - p) against the all-ones complement of the empty label.
     p = ref.sigmoid(x[1, ..., 0])
     tp, fn = (1 - p).sum(), p.sum()
-    expected = {"dice": 1 - (2 * tp + 1e-5) / (2 * tp + fn + 1e-5),
-                "iou": 1 - (tp + 1e-5) / (tp + fn + 1e-5),
-                "tversky": 1 - (tp + 1e-5) / (tp + 0.5 * fn + 1e-5)}[name]
-    assert_close(value[1, 0], expected)
+    by_hand = {
+        "dice": 1 - (2 * tp + 1e-5) / (2 * tp + fn + 1e-5),
+        "iou": 1 - (tp + 1e-5) / (tp + fn + 1e-5),
+        "tversky": 1 - (tp + 1e-5) / (tp + 0.5 * fn + 1e-5),
+    }[name]
+    assert_close(value[1, 0], by_hand)
     # A false positive on an empty label keeps a gradient that pushes p down.
     assert np.all(grad[1] > 0) and np.all(grad[0] == 0)
 
@@ -491,14 +755,24 @@ EXTREME_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, options", EXTREME_CASES)
-def test_saturated_logits_give_finite_values_and_gradients(name, options):
+@peers.family
+def extreme_family():
     x = np.sign(ref.random_logits(2, 3, seed=61)) * np.float32(1e4)
     y = make_labels("empty", 2, 3)
-    value, grad = peers.jaxseg_value_and_grad(LOSSES[name], x, y, **options)
+    return {
+        i: (peers.Request(LOSSES[name], x, y, options), reference(name, x, y, **options))
+        for i, (name, options) in enumerate(EXTREME_CASES)
+    }
+
+
+@pytest.mark.parametrize(
+    "case", range(len(EXTREME_CASES)), ids=[f"{n}-{'-'.join(o)}" for n, o in EXTREME_CASES]
+)
+def test_saturated_logits_give_finite_values_and_gradients(case):
+    expected, (value, grad) = extreme_family()[case]
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     # Saturated probabilities are exactly 0 or 1: the reference is exact there.
-    assert_close(value, reference(name, x, y, **options), atol=1e-5)
+    assert_close(value, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("name, dtype", [("dice", jnp.bfloat16), ("generalized_dice", jnp.float16)])
@@ -507,7 +781,7 @@ def test_half_precision_logits_give_float32_results(name, dtype):
     y = ref.random_labels(3, 3, seed=72)
     low = jnp.asarray(x, dtype)
     value = LOSSES[name](low, y)
-    grad = jax.jit(jax.grad(LOSSES[name]))(low, y)
+    grad = peers.jit(jax.grad(LOSSES[name]))(low, y)
     assert value.dtype == jnp.float32 and grad.dtype == dtype
     assert np.all(np.isfinite(np.asarray(grad, np.float32)))
     # The only rounding is that of the logits themselves.
@@ -515,20 +789,32 @@ def test_half_precision_logits_give_float32_results(name, dtype):
     assert_close(value, reference(name, x, y), rtol=2e-2)
 
 
-@pytest.mark.parametrize(
-    "name, how",
-    [("dice", "where"), ("iou", "ignore_index"), ("tversky", "where"),
-     ("generalized_dice", "ignore_index")],
-)
-def test_all_excluded_batch_is_finite_with_zero_gradient(name, how):
+EXCLUDED_CASES = [
+    ("dice", "where"),
+    ("iou", "ignore_index"),
+    ("tversky", "where"),
+    ("generalized_dice", "ignore_index"),
+]
+
+
+@peers.family
+def excluded_family():
     x = ref.random_logits(1, 3, seed=81)
     y = ref.random_labels(1, 3, seed=82)
-    if how == "where":
-        options = {"where": np.zeros(y.shape, bool)}
-    else:
-        y, options = np.full_like(y, 2), {"ignore_index": 2}
-    value, grad = peers.jaxseg_value_and_grad(LOSSES[name], x, y, **options)
-    assert np.isfinite(value)
+    built = {}
+    for name, how in EXCLUDED_CASES:
+        if how == "where":
+            request = peers.Request(LOSSES[name], x, y, {"where": np.zeros(y.shape, bool)})
+        else:
+            request = peers.Request(LOSSES[name], x, np.full_like(y, 2), {"ignore_index": 2})
+        built[name, how] = (request, None)
+    return built
+
+
+@pytest.mark.parametrize("name, how", EXCLUDED_CASES)
+def test_all_excluded_batch_is_finite_with_zero_gradient(name, how):
+    _, (value, grad) = excluded_family()[name, how]
+    assert value == 0.0
     assert np.all(grad == 0)
 
 

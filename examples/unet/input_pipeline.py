@@ -1,9 +1,10 @@
 """Fluorescence nuclei from the 2018 Data Science Bowl, as shipped by ``stardist``.
 
 The ``stardist`` wheel ships one 512x512 fluorescence image of cell nuclei and its
-instance mask (``stardist/data/images/img2d.tif`` and ``mask2d.tif``), a sample of the
-2018 Data Science Bowl training set (stage 1). The files are read from the installed
-distribution without importing ``stardist`` (its import pulls TensorFlow and friends).
+instance mask (``stardist/data/images/img2d.tif`` and ``mask2d.tif``) from the 2018
+Kaggle Data Science Bowl, the files behind ``stardist.data.test_image_nuclei_2d``. They
+are read from the installed distribution without importing ``stardist`` (its import
+pulls TensorFlow and friends).
 
 The instance mask becomes three semantic classes (:func:`instances_to_classes`):
 0 background, 1 nucleus interior, 2 nucleus boundary. The right quarter of the image
@@ -66,25 +67,40 @@ def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.nda
     return ((image.astype(np.float32) - lo) / max(hi - lo, 1e-6)).astype(np.float32)
 
 
-def instances_to_classes(instances: np.ndarray) -> np.ndarray:
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """One step of 4-connected binary dilation."""
+    padded = np.pad(mask, 1)
+    return mask | padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+
+
+def instances_to_classes(instances: np.ndarray, boundary_width: int = 2) -> np.ndarray:
     """Semantic classes from an instance mask ``(H, W)`` (0 is background).
 
-    A pixel of an instance is *boundary* (class 2) when one of its 4-neighbours belongs
-    to background or to another instance; the other instance pixels are *interior*
-    (class 1). This one-pixel inner contour is about 3% of the pixels: a small,
-    imbalanced class, and the one that separates touching nuclei once the interior is
-    labelled by connected components. Pixels outside the image count as the same
-    instance (edge padding), so crops do not invent boundaries at the image border.
+    A pixel of an instance is on its contour when one of its 4-neighbours belongs to
+    background or to another instance. *Boundary* (class 2) is the band of instance
+    pixels at most ``boundary_width - 1`` 4-steps from a contour pixel; the other
+    instance pixels are *interior* (class 1). With the default width of 2 the boundary
+    is about 6% of the pixels: a small, imbalanced class, and the one that separates
+    touching nuclei once the interior is labelled by connected components. (A one-pixel
+    contour, 3%, also trains, but its Dice is capped by one-pixel misalignments and
+    rises slowly.) Pixels outside the image count as the same instance (edge padding),
+    so crops do not invent boundaries at the image border.
     """
+    if boundary_width < 1:
+        raise ValueError(f"boundary_width must be >= 1, got {boundary_width}")
     padded = np.pad(instances, 1, mode="edge")
     centre = padded[1:-1, 1:-1]
     neighbours = (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:])
-    differs = np.zeros(instances.shape, dtype=bool)
+    foreground = instances > 0
+    boundary = np.zeros(instances.shape, dtype=bool)
     for neighbour in neighbours:
-        differs |= neighbour != centre
-    classes = np.where(instances > 0, 1, 0)
-    classes[(instances > 0) & differs] = 2
-    return classes.astype(np.int32)
+        boundary |= neighbour != centre
+    boundary &= foreground
+    for _ in range(boundary_width - 1):
+        boundary = _dilate(boundary) & foreground
+    classes = foreground.astype(np.int32)
+    classes[boundary] = 2
+    return classes
 
 
 def load_splits(validation_start: int = VALIDATION_START) -> tuple[Split, Split]:

@@ -1,6 +1,5 @@
 """Tests of the U-Net example: data, model, a few training steps, data parallelism."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -14,22 +13,16 @@ import pytest
 from flax import nnx
 
 from examples.unet import input_pipeline, train
-from examples.unet.configs import default
 from examples.unet.models import UNet
 
 REPO = Path(__file__).resolve().parents[2]
-
-# Tiny crops keep each step a few milliseconds; compiling dominates these tests.
-TINY = dataclasses.replace(
-    default.get_config(), steps=30, batch_size=4, crop=32, warmup_steps=5, eval_every=1000
-)
 
 
 def test_instances_to_classes_marks_contours():
     instances = np.zeros((6, 8), np.int64)
     instances[1:5, 1:4] = 1
     instances[1:5, 4:7] = 2  # touches instance 1 along a vertical edge
-    classes = input_pipeline.instances_to_classes(instances)
+    classes = input_pipeline.instances_to_classes(instances, boundary_width=1)
     expected = np.array(
         [
             [0, 0, 0, 0, 0, 0, 0, 0],
@@ -40,6 +33,16 @@ def test_instances_to_classes_marks_contours():
             [0, 0, 0, 0, 0, 0, 0, 0],
         ]
     )
+    np.testing.assert_array_equal(classes, expected)
+
+
+def test_boundary_width_grows_inwards():
+    instances = np.zeros((7, 7), np.int64)
+    instances[1:6, 1:6] = 3
+    classes = input_pipeline.instances_to_classes(instances, boundary_width=2)
+    expected = np.zeros((7, 7), np.int64)
+    expected[1:6, 1:6] = 2
+    expected[3, 3] = 1
     np.testing.assert_array_equal(classes, expected)
 
 
@@ -55,7 +58,7 @@ def test_splits_hold_out_the_right_quarter():
     assert train_split.image.dtype == np.float32
     assert set(np.unique(validation.labels)) == {0, 1, 2}
     boundary = np.mean(train_split.labels == 2)
-    assert 0.01 < boundary < 0.1  # small and imbalanced, as documented
+    assert 0.02 < boundary < 0.1  # small and imbalanced, as documented
 
 
 def test_random_crops_are_deterministic_and_augmented():
@@ -71,28 +74,36 @@ def test_random_crops_are_deterministic_and_augmented():
 
 
 def test_unet_is_channels_last_and_fully_convolutional():
-    model = UNet(1, 3, features=(4, 8), rngs=nnx.Rngs(0))
-    assert model(jnp.zeros((2, 16, 24, 1))).shape == (2, 16, 24, 3)
+    # Abstract evaluation: eager initialisation would compile one program per shape.
+    logits = nnx.eval_shape(
+        lambda: UNet(1, 3, features=(4, 8), rngs=nnx.Rngs(0))(jnp.zeros((2, 16, 24, 1)))
+    )
+    assert logits.shape == (2, 16, 24, 3)
 
 
-def test_training_reduces_the_loss():
-    losses = train.train_losses(TINY)
-    assert all(np.isfinite(losses))
+def test_training_reduces_the_loss_and_writes_outputs(tmp_path):
+    # Tiny crops keep each step a few milliseconds; compiling dominates this test.
+    argv = ["--steps", "30", "--batch-size", "4", "--crop", "32", "--eval-every", "15"]
+    summary = train.main([*argv, "--out", str(tmp_path)])
+    losses = summary["history"]["train_loss"]
+    assert len(losses) == 30 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    assert summary["history"]["step"] == [15, 30]
 
-
-def test_main_writes_figure_checkpoint_and_metrics(tmp_path):
-    argv = ["--steps", "2", "--batch-size", "2", "--crop", "32", "--eval-every", "1"]
-    summary = train.main([*argv, "--loss", "dice_focal", "--out", str(tmp_path)])
     for name in ("unet_nuclei.png", "params.npz", "metrics.json"):
         assert (tmp_path / name).is_file()
-    assert summary["history"]["step"] == [1, 2]
-    assert json.loads((tmp_path / "metrics.json").read_text())["config"]["loss"] == "dice_focal"
+    saved_summary = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved_summary["config"]["crop"] == 32
+    assert set(saved_summary["final"]) == set(input_pipeline.CLASS_NAMES)
 
-    model = UNet(1, 3, rngs=nnx.Rngs(1))
+    # An abstract model (shapes only) is enough to load into, and builds instantly.
+    model = nnx.eval_shape(lambda: UNet(1, 3, rngs=nnx.Rngs(1)))
     train.load_checkpoint(tmp_path / "params.npz", model)
     with np.load(tmp_path / "params.npz") as saved:
         np.testing.assert_array_equal(saved["head/kernel"], model.head.kernel[...])
+        np.testing.assert_array_equal(
+            saved["encoders/0/norm1/scale"], model.encoders[0].norm1.scale[...]
+        )
 
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent(

@@ -44,6 +44,12 @@ def _cases():
         "focal_sigmoid": (jaxseg.focal_loss, {"activation": "sigmoid"}),
         "tversky_batch": (jaxseg.tversky_loss, {"batch": True, "alpha": 0.3, "beta": 0.7}),
     }
+    cases["lovasz_softmax"] = (jaxseg.lovasz_softmax_loss, {})
+    cases["lovasz_softmax_per_image_ignore"] = (
+        jaxseg.lovasz_softmax_loss,
+        {"per_image": True, "ignore_index": 2},
+    )
+    cases["lovasz_softmax_all_classes"] = (jaxseg.lovasz_softmax_loss, {"classes": "all"})
     for name in ("dice_ce", "dice_focal"):
         cases[name] = (getattr(jaxseg, name), {})
         cases[name + "_ignore_batch"] = (getattr(jaxseg, name), {"ignore_index": 2, "batch": True})
@@ -188,9 +194,7 @@ def test_metric_state_across_devices():
     )
     _assert_states_equal(got_jit, want)
 
-    @functools.partial(
-        jax.shard_map, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P()
-    )
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
     def sharded_update(state, p, y):
         return jaxseg.metrics.update(state, p, y, ignore_index=ignore, axis_name=AXIS)
 
@@ -213,3 +217,14 @@ def test_metric_state_across_devices():
     for i in range(NUM_DEVICES):
         merged = jaxseg.metrics.merge(merged, jax.tree.map(lambda leaf, i=i: leaf[i], per_device))
     _assert_states_equal(merged, want)
+
+
+@pytest.mark.parametrize("loss_name", ["bce_log_dice", "lovasz_hinge_loss"])
+def test_binary_losses_across_devices(loss_name, data):
+    params, x, y = data
+    loss_fn = getattr(jaxseg, loss_name)
+    binary_x, binary_y = x[..., :1], (y > 0).astype(jnp.int32)
+    binary_params = jax.tree.map(lambda p: p[:1], params)
+    want = jax.value_and_grad(_objective(loss_fn, {}))(binary_params, binary_x, binary_y)
+    got = _shard_map_step(loss_fn, {}, AXIS)(binary_params, binary_x, binary_y)
+    _assert_close(got, want)
