@@ -24,9 +24,9 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check jaxseg tests examples bench
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 	# Scale-out tests: a second process with 8 host devices (XLA reads the flag at start).
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -p no:cacheprovider tests/multidevice
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests/multidevice
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check jaxseg tests examples bench

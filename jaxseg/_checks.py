@@ -76,6 +76,18 @@ def check_per_class(name: str, value: Any, num_classes: int) -> None:
         )
 
 
+def check_num_classes(num_classes: Any, include_background: bool = True) -> None:
+    """Raises unless ``num_classes`` is a Python int, at least 2 without background."""
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
+        raise ValueError(f"`num_classes` must be a Python int; got {num_classes!r}.")
+    minimum = 1 if include_background else 2
+    if num_classes < minimum:
+        raise ValueError(
+            f"`num_classes` must be >= {minimum} with include_background="
+            f"{include_background}; got {num_classes}."
+        )
+
+
 def check_class_weights(class_weights: Any, num_classes: int) -> None:
     """Raises unless ``class_weights`` is None or a non-negative ``(num_classes,)`` vector."""
     if class_weights is None:

@@ -23,6 +23,8 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+from jaxseg import _checks
+
 __all__ = [
     "boundary_mask",
     "euclidean_distance_transform",
@@ -89,17 +91,6 @@ def _check_class_maps(predictions: jax.Array, labels: jax.Array) -> None:
         raise ValueError(
             f"`predictions` and `labels` must have the same shape; got {predictions.shape} "
             f"for `predictions` and {labels.shape} for `labels`."
-        )
-
-
-def _check_num_classes(num_classes: Any, include_background: bool) -> None:
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
-        raise ValueError(f"`num_classes` must be a Python int; got {num_classes!r}.")
-    minimum = 1 if include_background else 2
-    if num_classes < minimum:
-        raise ValueError(
-            f"`num_classes` must be >= {minimum} with include_background="
-            f"{include_background}; got {num_classes}."
         )
 
 
@@ -493,7 +484,7 @@ def hausdorff_distance(
     predictions = jnp.asarray(predictions)
     labels = jnp.asarray(labels)
     _check_class_maps(predictions, labels)
-    _check_num_classes(num_classes, include_background)
+    _checks.check_num_classes(num_classes, include_background)
     if percentile is not None:
         if np.shape(percentile) != ():
             raise ValueError(
@@ -603,7 +594,7 @@ def surface_dice(
     predictions = jnp.asarray(predictions)
     labels = jnp.asarray(labels)
     _check_class_maps(predictions, labels)
-    _check_num_classes(num_classes, include_background)
+    _checks.check_num_classes(num_classes, include_background)
     tolerance_shape = np.shape(tolerance)
     if tolerance_shape not in ((), (num_classes,)):
         raise ValueError(

@@ -44,17 +44,6 @@ _COUNTS = ("tp", "fp", "fn", "tn")
 # ------------------------------------------------------------------------------ checks
 
 
-def _check_num_classes(num_classes: Any, include_background: bool = True) -> None:
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
-        raise ValueError(f"`num_classes` must be a Python int; got {num_classes!r}.")
-    minimum = 1 if include_background else 2
-    if num_classes < minimum:
-        raise ValueError(
-            f"`num_classes` must be >= {minimum} with include_background="
-            f"{include_background}; got {num_classes}."
-        )
-
-
 def _class_maps(
     predictions: ArrayLike, labels: ArrayLike, where: ArrayLike | None, ignore_index: Any
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
@@ -199,7 +188,7 @@ def confusion_matrix(
              [0, 1, 0],
              [0, 1, 1]], dtype=int32)
     """
-    _check_num_classes(num_classes)
+    _checks.check_num_classes(num_classes)
     predictions, labels, where = _class_maps(predictions, labels, where, ignore_index)
     return _confusion_matrix(
         predictions, labels, where, num_classes=int(num_classes), ignore_index=ignore_index
@@ -249,7 +238,7 @@ def _scores(
 
 
 def _call_scores(kind, predictions, labels, num_classes, **options) -> jax.Array:
-    _check_num_classes(num_classes, options["include_background"])
+    _checks.check_num_classes(num_classes, options["include_background"])
     predictions, labels, where = _class_maps(
         predictions, labels, options.pop("where"), options["ignore_index"]
     )
@@ -482,7 +471,7 @@ def metric_state(num_classes: int) -> MetricState:
       >>> metrics.compute(state)["dice"]
       Array([1.       , 0.6666667, 0.6666667], dtype=float32)
     """
-    _check_num_classes(num_classes)
+    _checks.check_num_classes(num_classes)
     words = jnp.zeros((num_classes, 2), jnp.int32)
     floats = jnp.zeros((num_classes,), jnp.float32)
     ints = jnp.zeros((num_classes,), jnp.int32)

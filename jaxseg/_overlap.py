@@ -143,14 +143,12 @@ def _stats_for_loss(
         x = logits.astype(_checks.compute_dtype(logits.dtype))
         stats = _softmax_stats.softmax_overlap_stats(x, labels.astype(jnp.int32), valid)
     else:
-        inputs = _checks.prepare(
-            logits, labels, activation=activation, ignore_index=ignore_index, where=where
-        )
-        stats = _stats.compute_stats(
-            inputs.probs,
-            inputs.labels,
-            inputs.valid,
-            inputs.label_values,
+        stats = _stats.stats_of_probabilities(
+            logits,
+            labels,
+            where,
+            activation=activation,
+            ignore_index=ignore_index,
             squared=squared,
             soft_label=soft_label,
         )

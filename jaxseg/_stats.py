@@ -145,6 +145,24 @@ def psum(tree, axis_name: str | tuple[str, ...] | None):
     return jax.lax.psum(tree, axis_name)
 
 
+def stats_of_probabilities(
+    logits, labels, where, *, activation, ignore_index, squared, soft_label
+) -> OverlapStats:
+    """Activation, mask, then :func:`compute_stats`: the generic path from logits."""
+    inputs = _checks.prepare(
+        logits, labels, activation=activation, ignore_index=ignore_index, where=where
+    )
+    stats = compute_stats(
+        inputs.probs,
+        inputs.labels,
+        inputs.valid,
+        inputs.label_values,
+        squared=squared,
+        soft_label=soft_label,
+    )
+    return stats
+
+
 def overlap_stats(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,
@@ -219,14 +237,12 @@ def overlap_stats(
 def _overlap_stats(
     logits, labels, where, *, activation, ignore_index, squared, soft_label, batch, axis_name
 ):
-    inputs = _checks.prepare(
-        logits, labels, activation=activation, ignore_index=ignore_index, where=where
-    )
-    stats = compute_stats(
-        inputs.probs,
-        inputs.labels,
-        inputs.valid,
-        inputs.label_values,
+    stats = stats_of_probabilities(
+        logits,
+        labels,
+        where,
+        activation=activation,
+        ignore_index=ignore_index,
         squared=squared,
         soft_label=soft_label,
     )
