@@ -224,6 +224,8 @@ def _focal_loss(
 
 
 def _validate(logits, labels, *, activation, ignore_index, where, class_weights, reduction):
+    # Pixel losses need logits: activation=None (probabilities) is for overlap losses.
+    _checks.check_option("activation", activation, ("softmax", "sigmoid"))
     _checks.check_logits_labels(
         logits, labels, activation=activation, ignore_index=ignore_index, where=where
     )
@@ -290,7 +292,6 @@ def cross_entropy(
       Szegedy et al. Rethinking the Inception Architecture for Computer Vision. CVPR
       2016 (label smoothing).
     """
-    _checks.check_option("activation", activation, ("softmax", "sigmoid"))
     _validate(
         logits,
         labels,
@@ -371,7 +372,6 @@ def focal_loss(
       Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV
       2017.
     """
-    _checks.check_option("activation", activation, ("softmax", "sigmoid"))
     _validate(
         logits,
         labels,

@@ -234,3 +234,33 @@ def family(build):
         }
 
     return results
+
+
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
+    """float64 comparison with strict shapes; the tolerance of the parity tests."""
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64),
+        np.asarray(expected, np.float64),
+        rtol=rtol,
+        atol=atol,
+        strict=True,
+    )
+
+
+def assert_masked_equals_sliced(masked_entry, sliced_entry):
+    """Excluding the last two columns equals slicing them away, values and gradients.
+
+    ``masked_entry`` is ``((expected, where), (value, grad))`` of the masked call and
+    ``sliced_entry`` ``(_, (value, grad))`` of the call on the sliced inputs. The mean is
+    over fewer pixels either way: gradients agree on the kept pixels and are exactly
+    zero on the excluded ones.
+    """
+    (expected, where), (masked, masked_grad) = masked_entry
+    _, (sliced, sliced_grad) = sliced_entry
+    assert_close(masked, sliced)
+    assert_close(masked, expected)
+    assert_close(masked_grad[..., :-2, :], sliced_grad)
+    assert np.all(masked_grad[~where] == 0)
