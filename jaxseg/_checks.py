@@ -64,6 +64,51 @@ def compute_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def widen(x: jax.Array) -> jax.Array:
+    """``x`` in its compute dtype, for the fused (custom-VJP) paths and compound losses.
+
+    For bfloat16 the gradient is rounded back to bfloat16 (round to nearest even, as
+    ``astype``) with integer operations: XLA's CPU backend compiles the float32 to
+    bfloat16 conversion into scalar code inside large loops (measured: bfloat16
+    ``dice_ce`` 23 ms with ``astype``, 6 ms with this). It is a custom VJP, so
+    forward-mode autodiff of these paths needs float32 or float64 logits.
+    """
+    if x.dtype == jnp.bfloat16:
+        return _widen_bfloat16(x)
+    return x.astype(compute_dtype(x.dtype))
+
+
+@jax.custom_vjp
+def _widen_bfloat16(x: jax.Array) -> jax.Array:
+    return x.astype(jnp.float32)
+
+
+def _widen_bfloat16_fwd(x):
+    return _widen_bfloat16(x), None
+
+
+def _widen_bfloat16_bwd(_, g):
+    return (round_to_bfloat16(g),)
+
+
+_widen_bfloat16.defvjp(_widen_bfloat16_fwd, _widen_bfloat16_bwd)
+
+
+def round_to_bfloat16(x: jax.Array) -> jax.Array:
+    """float32 to bfloat16, round to nearest even, bit for bit as ``x.astype(bfloat16)``.
+
+    Adds ``0x7fff`` plus the lowest kept bit to the float32 bits and keeps the upper 16:
+    ties go to the even neighbour, overflow goes to infinity; NaNs are kept NaN.
+    """
+    x = x.astype(jnp.float32)
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    # A NaN keeps its sign and becomes quiet (the select stays in integers: a select in
+    # bfloat16 would bring XLA's conversion back).
+    rounded = jnp.where(jnp.isnan(x), (bits >> 16) | 0x0040, rounded)
+    return jax.lax.bitcast_convert_type(rounded.astype(jnp.uint16), jnp.bfloat16)
+
+
 def check_per_class(name: str, value: Any, num_classes: int) -> None:
     """Raises if ``value`` is neither a scalar nor a vector of ``num_classes`` entries."""
     if value is None:

@@ -152,6 +152,13 @@ class _OptionJit:
 # combine
 
 
+def _widen(x: Any) -> Any:
+    """A float array in its compute dtype (see ``_checks.widen``); others unchanged."""
+    if isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.floating):
+        return _checks.widen(jnp.asarray(x))
+    return x
+
+
 class CombinedLoss:
     r"""A weighted sum of loss terms, made by :func:`combine`.
 
@@ -187,6 +194,9 @@ class CombinedLoss:
         return f"CombinedLoss({terms}, weights={self.weights})"
 
     def _evaluate(self, logits, labels, weights, **options):
+        # Half-precision logits are widened once here, not in every term: the terms'
+        # gradients then add up in float32 and are rounded to the input dtype once.
+        logits = jax.tree.map(_widen, logits)
         values = {}
         for name, fn, accepted in zip(self.names, self.losses, self._accepted, strict=True):
             values[name] = jnp.asarray(fn(logits, labels, **_route(options, accepted)))

@@ -8,11 +8,21 @@ The Lovász extension of the Jaccard loss of one class is computed from the pixe
     g_i = \Delta(\{\pi_1..\pi_i\}) - \Delta(\{\pi_1..\pi_{i-1}\}), \qquad
     \Delta(S) = \frac{|S|}{|\{y = c\} \cup S|}
 
-With static shapes and no boolean indexing: an excluded pixel sorts last (its key is
-``-inf``) and counts in neither the foreground nor the background prefix counts, so it
-leaves every ``g_i`` of the valid pixels unchanged and gets ``g = 0`` itself (and an
-error of 0): the masked loss equals the loss of the sliced array, values and gradients.
-The prefix counts are int32 for hard labels, so they stay exact beyond 2^24 pixels.
+With static shapes and no boolean indexing: an excluded pixel sorts last and counts in
+neither the foreground nor the background prefix counts, so it leaves every ``g_i`` of
+the valid pixels unchanged and gets ``g = 0`` itself (and an error of 0): the masked
+loss equals the loss of the sliced array, values and gradients. The prefix counts are
+int32 for hard labels, so they stay exact beyond 2^24 pixels.
+
+Hard labels take a faster route to the same sum (``_lovasz_hard``): one sort of uint32
+keys that encode the error order and the label, instead of a sort that carries errors
+and labels along (XLA's CPU sort is about 8x faster for one integer operand than for
+several: 175 vs 1490 ms for 4 x 524288). Each pixel then finds its ``g`` by a binary
+search of its key, and the loss is ``sum_j m_j g_j`` with ``g`` held constant, which is
+the Lovász extension's gradient. Where errors tie, foreground pixels come first and the
+pixels of one label share the mean ``g`` of their tied positions: the same value as any
+order, and a valid subgradient (the mean of the orders' gradients). The key drops the
+last bit of the error, so errors 1 ulp apart count as tied.
 """
 
 from __future__ import annotations
@@ -58,9 +68,57 @@ def lovasz_gradient(fg: jax.Array, valid: jax.Array, dtype: Any = jnp.float32) -
     return jnp.diff(jaccard, prepend=jnp.zeros((1,), jaccard.dtype))
 
 
+_EXCLUDED = 0xFFFFFFFF  # the largest key: excluded pixels sort last
+
+
+def _order_keys(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.Array:
+    """uint32 keys whose ascending order is decreasing error, foreground first in a tie.
+
+    The float bits are mapped to an order-preserving unsigned integer, inverted for a
+    decreasing order, and the last bit is replaced by the label (0 for foreground).
+    """
+    bits = jax.lax.bitcast_convert_type(errors.astype(jnp.float32), jnp.uint32)
+    ascending = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+    keys = (~ascending & jnp.uint32(0xFFFFFFFE)) | (~fg).astype(jnp.uint32)
+    return jnp.where(valid, keys, jnp.uint32(_EXCLUDED))
+
+
+def _lovasz_hard(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.Array:
+    """``g`` per pixel for boolean labels, in pixel order (see the module docstring)."""
+    keys = _order_keys(errors, fg, valid)
+    ordered = jax.lax.sort(keys)
+    n = keys.shape[0]
+    index = jnp.arange(n, dtype=jnp.int32)
+    valid_ordered = index < jnp.sum(valid, dtype=jnp.int32)
+    bg_ordered = valid_ordered & ((ordered & 1) == 1)
+    cum_fg = jnp.cumsum(valid_ordered & ~bg_ordered, dtype=jnp.int32)
+    cum_bg = jnp.cumsum(bg_ordered, dtype=jnp.int32)
+    total = cum_fg[-1]
+    dtype = errors.dtype
+    # Jaccard loss of the first i + 1 pixels in order (0 before the first one).
+    jaccard = 1 - _reduce.safe_divide(
+        (total - cum_fg).astype(dtype), (total + cum_bg).astype(dtype)
+    )
+    # Runs of equal keys (tied pixels of one label) share the mean g of their positions.
+    change = ordered[1:] != ordered[:-1]
+    first = jax.lax.cummax(jnp.where(jnp.concatenate([jnp.ones((1,), bool), change]), index, 0))
+    last = jax.lax.cummin(
+        jnp.where(jnp.concatenate([change, jnp.ones((1,), bool)]), index, n - 1), reverse=True
+    )
+    before = jnp.where(first > 0, jaccard[jnp.maximum(first - 1, 0)], 0)
+    g_ordered = (jaccard[last] - before) / (last - first + 1).astype(dtype)
+    g = g_ordered[jnp.searchsorted(ordered, keys, side="left")]
+    return jnp.where(valid, g, 0)
+
+
 def _lovasz_flat(errors: jax.Array, fg: jax.Array, valid: jax.Array, hinge: bool) -> jax.Array:
     """Lovász extension of one class map, all ``(pixels,)`` arrays."""
-    # Excluded pixels sort last; the sort carries errors (differentiably) and labels.
+    if fg.dtype == jnp.bool_:
+        g = jax.lax.stop_gradient(_lovasz_hard(errors, fg, valid))
+        if hinge:
+            errors = jax.nn.relu(errors)
+        return jnp.sum(jnp.where(valid, errors, 0) * g)
+    # Soft labels: the sort carries errors (differentiably) and labels; excluded last.
     key = jax.lax.stop_gradient(jnp.where(valid, -errors, jnp.inf))
     _, errors, fg, valid = jax.lax.sort((key, errors, fg, valid), num_keys=1, is_stable=True)
     if hinge:

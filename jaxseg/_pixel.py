@@ -8,7 +8,7 @@ focal ``gamma`` of 0 or below 1.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,33 +75,112 @@ def _log1m_pt_sigmoid(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.logaddexp(jax.nn.log_sigmoid(x) + jnp.log1p(-y), jax.nn.log_sigmoid(-x) + jnp.log(y))
 
 
-def _softmax_focal_integer(x, t: _Targets, labels, gamma, alpha):
-    """Softmax focal loss per pixel for integer labels: only the true class counts.
+class _ClassAxis(NamedTuple):
+    """The class axis as a list of per-class arrays, and how to reduce over it.
+
+    Up to ``MAX_FUSED_CLASSES`` classes the axis is unrolled into planes, as in the fused
+    statistics (XLA's CPU backend reduces a minor axis of a few classes poorly); beyond,
+    it stays an axis of one array and per-pixel values keep a trailing axis of 1.
+    """
+
+    planes: bool
+
+    @classmethod
+    def of(cls, num_classes: int) -> _ClassAxis:
+        return cls(num_classes <= _softmax_stats.MAX_FUSED_CLASSES)
+
+    def split(self, x: jax.Array) -> list[jax.Array]:
+        return [x[..., c] for c in range(x.shape[-1])] if self.planes else [x]
+
+    def hits(self, labels: jax.Array, num_classes: int) -> list[jax.Array]:
+        if self.planes:
+            return [labels == c for c in range(num_classes)]
+        return [labels[..., None] == jnp.arange(num_classes)]
+
+    def max(self, arrays: list[jax.Array]) -> jax.Array:
+        return functools.reduce(jnp.maximum, arrays) if self.planes else jnp.max(arrays[0], -1)
+
+    def sum(self, arrays: list[jax.Array]) -> jax.Array:
+        return functools.reduce(jnp.add, arrays) if self.planes else jnp.sum(arrays[0], -1)
+
+    def expand(self, pixel: jax.Array) -> jax.Array:
+        """A per-pixel value, shaped to broadcast against the per-class arrays."""
+        return pixel if self.planes else pixel[..., None]
+
+    def stack(self, arrays: list[jax.Array]) -> jax.Array:
+        return jnp.stack(arrays, axis=-1) if self.planes else arrays[0]
+
+
+def _focal_terms(x, labels, weights, alpha_c, gamma):
+    """Per pixel: loss, class weight, ``lse`` and ``k = dloss / d log p_y`` (see below)."""
+    num_classes = x.shape[-1]
+    axis = _ClassAxis.of(num_classes)
+    xs, hits = axis.split(x), axis.hits(labels, num_classes)
+    zero = jnp.zeros((), x.dtype)
+
+    def true_class(values):
+        return axis.sum([jnp.where(h, u, zero) for h, u in zip(hits, values, strict=True)])
+
+    top = axis.max(xs)
+    es = [jnp.exp(xc - axis.expand(top)) for xc in xs]
+    log_sum_all = jnp.log(axis.sum(es))
+    sum_rest = axis.sum([jnp.where(h, zero, e) for h, e in zip(hits, es, strict=True)])
+    sum_rest = jnp.maximum(sum_rest, jnp.finfo(x.dtype).tiny)
+    log_p_y = true_class(xs) - top - log_sum_all
+    modulator = jnp.exp(gamma * (jnp.log(sum_rest) - log_sum_all))
+    weight_alpha_y = true_class(axis.split(weights * alpha_c))
+    # d loss / d x_c = k ([y = c] - p_c) with k = w m (gamma r log p_y - 1), where
+    # r = p_y / (1 - p_y) = e_y / sum_rest (no cancellation; r log p_y -> -1 as p_y -> 1).
+    ratio = true_class(es) / sum_rest
+    k = weight_alpha_y * modulator * (gamma * ratio * log_p_y - 1)
+    loss = -weight_alpha_y * modulator * log_p_y
+    return loss, true_class(axis.split(weights)), top + log_sum_all, k
+
+
+@jax.custom_vjp
+def _softmax_focal_integer(x, labels, weights, alpha_c, gamma):
+    """Softmax focal loss and class weight per pixel for integer labels (true class only).
 
     ``log p_y`` and ``log(1 - p_y)`` come from one exponential pass:
     ``log(1 - p_y) = log sum_{k != y} e^(x_k - m) - log sum_k e^(x_k - m)``, exact
     without cancellation. The first sum is floored at the smallest normal float: it is
     below that only when ``1 - p_y < 1e-38``, where ``-log p_y`` and its gradient are 0
     too, so the floor changes nothing but keeps ``log`` and its gradient finite.
+
+    The custom VJP is one elementwise pass ``dx_c = g k ([y = c] - p_c)`` from two saved
+    per-pixel values (measured on (8, 256, 256, 4): 7.3 ms with it against 17.3 ms
+    differentiating through the formula, which XLA recomputes per class). Class weights,
+    ``alpha`` and ``gamma`` are options: no gradient flows to them.
     """
-    num_classes = x.shape[-1]
-    hit = labels[..., None] == jnp.arange(num_classes).reshape(t.class_shape)
-    top = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
-    e = jnp.exp(x - top)
-    zero = jnp.zeros((), x.dtype)
-    sum_all = jnp.sum(e, axis=-1)
-    sum_rest = jnp.maximum(jnp.sum(jnp.where(hit, zero, e), axis=-1), jnp.finfo(x.dtype).tiny)
-    log_p_y = jnp.sum(jnp.where(hit, x, zero), axis=-1) - top[..., 0] - jnp.log(sum_all)
-    modulator = jnp.exp(gamma * (jnp.log(sum_rest) - jnp.log(sum_all)))
+    return _focal_terms(x, labels, weights, alpha_c, gamma)[:2]
+
+
+def _softmax_focal_fwd(x, labels, weights, alpha_c, gamma):
+    loss, weight_y, lse, k = _focal_terms(x, labels, weights, alpha_c, gamma)
+    return (loss, weight_y), (x, labels, lse, k, weights, alpha_c, gamma)
+
+
+def _softmax_focal_bwd(residuals, cotangents):
+    x, labels, lse, k, weights, alpha_c, gamma = residuals
+    g_loss, _ = cotangents  # the class weight does not depend on the logits
+    axis = _ClassAxis.of(x.shape[-1])
+    gk, lse = axis.expand(g_loss * k), axis.expand(lse)
+    hits = axis.hits(labels, x.shape[-1])
+    grads = [gk * (h - jnp.exp(xc - lse)) for h, xc in zip(hits, axis.split(x), strict=True)]
+    zeros = (jnp.zeros_like(weights), jnp.zeros_like(alpha_c), jnp.zeros_like(gamma))
+    return (axis.stack(grads), None, *zeros)
+
+
+_softmax_focal_integer.defvjp(_softmax_focal_fwd, _softmax_focal_bwd)
+
+
+def _focal_alpha(alpha, num_classes: int, dtype) -> jax.Array:
+    """``alpha`` per class: MONAI's scalar form is 1 - alpha for the background."""
     if alpha is None:
-        alpha_c = jnp.ones((num_classes,), x.dtype)
-    elif jnp.ndim(alpha) == 0:
-        # MONAI: 1 - alpha for the background class, alpha for the others.
-        alpha_c = jnp.where(jnp.arange(num_classes) == 0, 1 - alpha, alpha).astype(x.dtype)
-    else:
-        alpha_c = jnp.asarray(alpha, x.dtype)
-    weight_y = jnp.sum(jnp.where(hit, t.weights * t.per_class(alpha_c), zero), axis=-1)
-    return -weight_y * modulator * log_p_y
+        return jnp.ones((num_classes,), dtype)
+    if jnp.ndim(alpha) == 0:
+        return jnp.where(jnp.arange(num_classes) == 0, 1 - alpha, alpha).astype(dtype)
+    return jnp.asarray(alpha, dtype)
 
 
 def _finish(loss, t: _Targets, norm, *, activation, reduction, axis_name):
@@ -120,7 +199,7 @@ def _fused_cross_entropy(
 ):
     """Softmax cross-entropy of integer labels from the fused statistics pass."""
     num_classes = logits.shape[-1]
-    x = logits.astype(_checks.compute_dtype(logits.dtype))
+    x = _checks.widen(logits)
     valid = _checks.valid_mask(labels, num_classes, "softmax", ignore_index, where)
     labels = labels.astype(jnp.int32)
     weights = (
@@ -131,8 +210,7 @@ def _fused_cross_entropy(
     fused = _softmax_stats.softmax_stats(
         x, labels, valid, weights, jnp.asarray(label_smoothing, x.dtype)
     )
-    label_sum, _ = _softmax_stats.label_counts(labels, valid, num_classes, x.dtype)
-    norm = jnp.sum(label_sum * weights.reshape(1, -1), axis=-1)
+    norm = jnp.sum(fused.label_sum.astype(x.dtype) * weights.reshape(1, -1), axis=-1)
     return _reduce.weighted_reduce(fused.ce_sum, norm, reduction, axis_name)
 
 
@@ -198,18 +276,18 @@ def _focal_loss(
     x = logits.astype(t.dtype)
     num_classes = x.shape[-1]
     if activation == "softmax" and _checks.is_integer_labels(labels):
-        loss = _softmax_focal_integer(x, t, labels.astype(jnp.int32), gamma, alpha)
-        norm = jnp.sum(t.weights * t.y, axis=-1)
+        weights = t.weights.reshape(-1).astype(x.dtype)
+        loss, norm = _softmax_focal_integer(
+            _checks.widen(logits),
+            labels.astype(jnp.int32),
+            weights,
+            _focal_alpha(alpha, num_classes, x.dtype),
+            jnp.asarray(gamma, x.dtype),
+        )
     elif activation == "softmax":
         log_p = jax.nn.log_softmax(x, axis=-1)
         modulator = jnp.exp(gamma * _log1m_softmax(x, log_p))
-        if alpha is None:
-            alpha_c = 1
-        elif jnp.ndim(alpha) == 0:
-            # MONAI: 1 - alpha for the background class, alpha for the others.
-            alpha_c = t.per_class(jnp.where(jnp.arange(num_classes) == 0, 1 - alpha, alpha))
-        else:
-            alpha_c = t.per_class(alpha)
+        alpha_c = t.per_class(_focal_alpha(alpha, num_classes, x.dtype))
         loss = -jnp.sum(t.weights * alpha_c * t.y * modulator * log_p, axis=-1)
         norm = jnp.sum(t.weights * t.y, axis=-1)
     else:

@@ -357,3 +357,38 @@ def test_errors():
         jaxseg.lovasz_hinge_loss(logits, labels)
     with pytest.raises(ValueError, match="labels"):
         jaxseg.lovasz_hinge_loss(logits[..., :1], labels[:, :-1])
+
+
+def test_tied_errors_keep_the_value_and_share_the_mean_gradient():
+    """Ties: any order gives the same value; tied pixels of one label share the mean g."""
+    from jaxseg import _lovasz
+
+    rng = np.random.default_rng(3)
+    n = 600
+    errors = np.round(rng.random(n) * 4) / 4  # five distinct values: many ties
+    fg = rng.random(n) > 0.6
+    valid = rng.random(n) > 0.2
+    e, f = errors[valid], fg[valid]
+    want_value, _ = lovasz_extension(e, f)
+    # Reference gradient for the order "decreasing error, foreground first in a tie",
+    # then averaged over each run of equal (error, label).
+    grad = np.zeros_like(e)
+    chosen = np.zeros(f.shape, bool)
+    previous = 0.0
+    for i in np.lexsort((~f, -e)):
+        chosen[i] = True
+        current = jaccard_set_loss(f, chosen)
+        grad[i], previous = current - previous, current
+    for value in np.unique(e):
+        for label in (True, False):
+            run = (e == value) & (f == label)
+            grad[run] = grad[run].mean() if run.any() else 0
+    want_grad = np.zeros(n)
+    want_grad[valid] = grad
+
+    def loss(x):
+        return _lovasz._lovasz_flat(x, jnp.asarray(fg), jnp.asarray(valid), False)
+
+    value, got_grad = jax.value_and_grad(loss)(jnp.asarray(errors, jnp.float32))
+    assert_close(value, want_value)
+    assert_close(got_grad, want_grad)

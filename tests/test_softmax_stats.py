@@ -40,7 +40,8 @@ def _reference_vjp(x, y, v, w, eps, g_tp, g_pred, g_ce):
     return dx
 
 
-@pytest.mark.parametrize("shape", [(2, 11, 3), (3, 6, 5, 2), (2, 4, 3, 5, 4)])
+# (2, 16, 16, 4): a pixel count divisible by BLOCKS, so the sums go through the blocks.
+@pytest.mark.parametrize("shape", [(2, 11, 3), (3, 6, 5, 2), (2, 4, 3, 5, 4), (2, 16, 16, 4)])
 @pytest.mark.parametrize("masked", [False, True])
 def test_values_and_vjp_match_float64(shape, masked):
     rng = np.random.default_rng(sum(shape))
@@ -58,6 +59,14 @@ def test_values_and_vjp_match_float64(shape, masked):
     def fused(x):
         s = _softmax_stats.softmax_stats(x, jnp.asarray(y), jnp.asarray(v), jnp.asarray(w), eps)
         return s.tp, s.pred_sum, s.ce_sum
+
+    counts = _softmax_stats.softmax_stats(
+        jnp.asarray(x), jnp.asarray(y), jnp.asarray(v), jnp.asarray(w), eps
+    ).label_sum
+    onehot = y[..., None] == np.arange(shape[-1])
+    want_counts = (onehot & v[..., None]).sum(tuple(range(1, len(shape) - 1)))
+    assert counts.dtype == jnp.int32
+    np.testing.assert_array_equal(counts, want_counts)
 
     got, vjp = jax.vjp(jax.jit(fused), jnp.asarray(x))
     want = _reference(x, y, v, w.astype(np.float64), float(eps))[:3]
@@ -105,3 +114,19 @@ def test_dice_ce_computes_the_softmax_pass_once():
         jax.jit(jax.value_and_grad(f)).lower(x, y).compile().as_text().count("exponential(")
     )
     assert count(jaxseg.dice_ce) == count(jaxseg.dice_loss)
+
+
+def test_sums_over_many_pixels_keep_float32_precision():
+    """Blocked sums over 2**18 pixels per sample stay within 1e-6 of float64."""
+    rng = np.random.default_rng(7)
+    shape = (2, 512, 512, 4)
+    x = (rng.normal(size=shape) * 2).astype(np.float32)
+    y = rng.integers(0, 4, size=shape[:-1]).astype(np.int32)
+    v = np.ones(shape[:-1], bool)
+    w = np.ones(4, np.float32)
+    s = jax.jit(_softmax_stats.softmax_stats)(
+        jnp.asarray(x), jnp.asarray(y), jnp.asarray(v), jnp.asarray(w), jnp.float32(0)
+    )
+    want = _reference(x, y, v, w.astype(np.float64), 0.0)[:3]
+    for got, ref in zip((s.tp, s.pred_sum, s.ce_sum), want, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-6)
