@@ -84,18 +84,25 @@ class _ClassAxis(NamedTuple):
     """
 
     planes: bool
+    class_shape: tuple[int, ...]  # a per-class vector's shape against the logits
 
     @classmethod
-    def of(cls, num_classes: int) -> _ClassAxis:
-        return cls(num_classes <= _softmax_stats.MAX_FUSED_CLASSES)
+    def of(cls, logits: jax.Array) -> _ClassAxis:
+        num_classes = logits.shape[-1]
+        planes = num_classes <= _softmax_stats.MAX_FUSED_CLASSES
+        return cls(planes, (1,) * (logits.ndim - 1) + (num_classes,))
 
     def split(self, x: jax.Array) -> list[jax.Array]:
-        return [x[..., c] for c in range(x.shape[-1])] if self.planes else [x]
+        """Logits-shaped ``x``, or a ``(classes,)`` vector, as per-class arrays."""
+        if self.planes:
+            return [x[..., c] for c in range(x.shape[-1])]
+        return [x.reshape(self.class_shape) if x.ndim == 1 else x]
 
-    def hits(self, labels: jax.Array, num_classes: int) -> list[jax.Array]:
+    def hits(self, labels: jax.Array) -> list[jax.Array]:
+        num_classes = self.class_shape[-1]
         if self.planes:
             return [labels == c for c in range(num_classes)]
-        return [labels[..., None] == jnp.arange(num_classes)]
+        return [labels[..., None] == jnp.arange(num_classes).reshape(self.class_shape)]
 
     def max(self, arrays: list[jax.Array]) -> jax.Array:
         return functools.reduce(jnp.maximum, arrays) if self.planes else jnp.max(arrays[0], -1)
@@ -113,9 +120,8 @@ class _ClassAxis(NamedTuple):
 
 def _focal_terms(x, labels, weights, alpha_c, gamma):
     """Per pixel: loss, class weight, ``lse`` and ``k = dloss / d log p_y`` (see below)."""
-    num_classes = x.shape[-1]
-    axis = _ClassAxis.of(num_classes)
-    xs, hits = axis.split(x), axis.hits(labels, num_classes)
+    axis = _ClassAxis.of(x)
+    xs, hits = axis.split(x), axis.hits(labels)
     zero = jnp.zeros((), x.dtype)
 
     def true_class(values):
@@ -163,9 +169,9 @@ def _softmax_focal_fwd(x, labels, weights, alpha_c, gamma):
 def _softmax_focal_bwd(residuals, cotangents):
     x, labels, lse, k, weights, alpha_c, gamma = residuals
     g_loss, _ = cotangents  # the class weight does not depend on the logits
-    axis = _ClassAxis.of(x.shape[-1])
+    axis = _ClassAxis.of(x)
     gk, lse = axis.expand(g_loss * k), axis.expand(lse)
-    hits = axis.hits(labels, x.shape[-1])
+    hits = axis.hits(labels)
     grads = [gk * (h - jnp.exp(xc - lse)) for h, xc in zip(hits, axis.split(x), strict=True)]
     zeros = (jnp.zeros_like(weights), jnp.zeros_like(alpha_c), jnp.zeros_like(gamma))
     return (axis.stack(grads), None, *zeros)

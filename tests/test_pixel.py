@@ -618,3 +618,34 @@ def test_all_excluded_batch_is_finite_with_zero_gradient(case):
     _, (value, grad) = excluded_family()[case]
     assert value == 0.0
     assert np.all(grad == 0)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+@pytest.mark.parametrize("num_classes", [2, 4, 7])
+@pytest.mark.parametrize("gamma", [2.0, 0.5])
+def test_softmax_focal_float32_gradient_matches_float64(scale, num_classes, gamma):
+    """Integer labels, large logits: float32 values and gradients within 1e-5 of float64.
+
+    The reference is ``-(1 - p_y)^gamma log p_y`` with ``log p`` from ``log_softmax`` and
+    ``log(1 - p_y)`` as the log-sum-exp of the other classes' ``log p`` (so that it stays
+    finite where ``p_y`` rounds to 1), differentiated by JAX in float64.
+    """
+    rng = np.random.default_rng(num_classes)
+    x = (rng.normal(size=(3, 9, 11, num_classes)) * scale).astype(np.float32)
+    y = rng.integers(0, num_classes, size=(3, 9, 11))
+    is_y = jnp.asarray(y)[..., None] == jnp.arange(num_classes).reshape(1, 1, 1, -1)
+
+    def reference(x64):
+        log_p = jax.nn.log_softmax(x64, axis=-1)
+        log_p_y = jnp.sum(jnp.where(is_y, log_p, 0), axis=-1)
+        log_rest = jax.nn.logsumexp(jnp.where(is_y, -jnp.inf, log_p), axis=-1)
+        return jnp.mean(-jnp.exp(gamma * log_rest) * log_p_y)
+
+    with jax.enable_x64(True):
+        want_value, want_grad = jax.value_and_grad(reference)(jnp.asarray(x, jnp.float64))
+        want_value, want_grad = float(want_value), np.asarray(want_grad)
+    value, grad = jax.value_and_grad(lambda a: jaxseg.focal_loss(a, y, gamma=gamma))(x)
+    np.testing.assert_allclose(float(value), want_value, rtol=1e-5)
+    assert np.max(np.abs(np.asarray(grad, np.float64) - want_grad)) <= 1e-5 * np.max(
+        np.abs(want_grad)
+    )
