@@ -14,15 +14,15 @@ the valid pixels unchanged and gets ``g = 0`` itself (and an error of 0): the ma
 loss equals the loss of the sliced array, values and gradients. The prefix counts are
 int32 for hard labels, so they stay exact beyond 2^24 pixels.
 
-Hard labels take a faster route to the same sum (``_lovasz_hard``): one sort of uint32
-keys that encode the error order and the label, instead of a sort that carries errors
-and labels along (XLA's CPU sort is about 8x faster for one integer operand than for
-several: 175 vs 1490 ms for 4 x 524288). Each pixel then finds its ``g`` by a binary
-search of its key, and the loss is ``sum_j m_j g_j`` with ``g`` held constant, which is
-the Lovász extension's gradient. Where errors tie, foreground pixels come first and the
-pixels of one label share the mean ``g`` of their tied positions: the same value as any
-order, and a valid subgradient (the mean of the orders' gradients). The key drops the
-last bit of the error, so errors 1 ulp apart count as tied.
+Hard labels take a faster route to the same sum (``_lovasz_hard``): one sort of unsigned
+integer keys, as wide as the errors, that encode the error order and the label, instead
+of a sort that carries errors and labels along (XLA's CPU sort is about 8x faster for one
+integer operand than for several: 175 vs 1490 ms for 4 x 524288). Each pixel then finds
+its ``g`` by a binary search of its key, and the loss is ``sum_j m_j g_j`` with ``g``
+held constant, which is the Lovász extension's gradient. Where errors tie, foreground
+pixels come first and the pixels of one label share the mean ``g`` of their tied
+positions: the same value as any order, and a valid subgradient (the mean of the orders'
+gradients). The key drops the last bit of the error, so errors 1 ulp apart count as tied.
 """
 
 from __future__ import annotations
@@ -68,19 +68,21 @@ def lovasz_gradient(fg: jax.Array, valid: jax.Array, dtype: Any = jnp.float32) -
     return jnp.diff(jaccard, prepend=jnp.zeros((1,), jaccard.dtype))
 
 
-_EXCLUDED = 0xFFFFFFFF  # the largest key: excluded pixels sort last
-
-
 def _order_keys(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.Array:
-    """uint32 keys whose ascending order is decreasing error, foreground first in a tie.
+    """Unsigned keys whose ascending order is decreasing error, foreground first in a tie.
 
-    The float bits are mapped to an order-preserving unsigned integer, inverted for a
-    decreasing order, and the last bit is replaced by the label (0 for foreground).
+    The float bits (uint32 for float32 errors, uint64 for float64) are mapped to an
+    order-preserving unsigned integer, inverted for a decreasing order, and the last bit
+    is replaced by the label (0 for foreground). Excluded pixels get the largest key.
     """
-    bits = jax.lax.bitcast_convert_type(errors.astype(jnp.float32), jnp.uint32)
-    ascending = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
-    keys = (~ascending & jnp.uint32(0xFFFFFFFE)) | (~fg).astype(jnp.uint32)
-    return jnp.where(valid, keys, jnp.uint32(_EXCLUDED))
+    uint = jnp.uint64 if errors.dtype == jnp.float64 else jnp.uint32
+    top_bit = jnp.iinfo(uint).bits - 1
+    bits = jax.lax.bitcast_convert_type(
+        errors.astype(jnp.promote_types(errors.dtype, jnp.float32)), uint
+    )
+    ascending = jnp.where(bits >> top_bit == 1, ~bits, bits | (uint(1) << top_bit))
+    keys = (~ascending & ~uint(1)) | (~fg).astype(uint)
+    return jnp.where(valid, keys, uint(jnp.iinfo(uint).max))
 
 
 def _lovasz_hard(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.Array:

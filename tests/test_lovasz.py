@@ -387,3 +387,21 @@ def test_tied_errors_keep_the_value_and_share_the_mean_gradient():
     value, got_grad = jax.value_and_grad(loss)(jnp.asarray(errors, jnp.float32))
     assert_close(value, want_value)
     assert_close(got_grad, want_grad)
+
+
+def test_float64_errors_are_ordered_at_float64_precision():
+    """Errors 1e-12 apart (equal in float32) keep their order: no averaging across them."""
+    from jaxseg import _lovasz
+
+    rng = np.random.default_rng(4)
+    n = 200
+    errors = 0.5 + rng.permutation(n) * 1e-12  # distinct in float64, one value in float32
+    fg = rng.random(n) > 0.5
+    valid = np.ones(n, bool)
+    want_value, want_grad = lovasz_extension(errors, fg)
+    with jax.enable_x64(True):
+        loss = lambda x: _lovasz._lovasz_flat(x, jnp.asarray(fg), jnp.asarray(valid), False)
+        value, grad = jax.value_and_grad(loss)(jnp.asarray(errors, jnp.float64))
+        assert grad.dtype == jnp.float64
+        np.testing.assert_allclose(float(value), want_value, rtol=1e-12)
+        np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-12, atol=1e-15)
