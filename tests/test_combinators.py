@@ -16,17 +16,10 @@ import numpy as np
 import peers
 import pytest
 import references as ref
+from peers import assert_close
 
 import jaxseg
 from jaxseg._combinators import deep_supervision_weights, nearest_indices
-
-RTOL, ATOL = 1e-5, 1e-6
-
-
-def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
-    np.testing.assert_allclose(
-        np.asarray(actual, np.float64), np.asarray(expected, np.float64), rtol=rtol, atol=atol
-    )
 
 
 def squared_error(logits, labels, *, where=None, scale=1.0):

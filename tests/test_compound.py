@@ -13,16 +13,9 @@ import numpy as np
 import peers
 import pytest
 import references as ref
+from peers import assert_close
 
 import jaxseg
-
-RTOL, ATOL = 1e-5, 1e-6
-
-
-def assert_close(actual, expected, rtol=RTOL, atol=ATOL):
-    np.testing.assert_allclose(
-        np.asarray(actual, np.float64), np.asarray(expected, np.float64), rtol=rtol, atol=atol
-    )
 
 
 def assert_value_and_grad(got, want):

@@ -11,19 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import references as ref
+from peers import assert_close
 
 import jaxseg
 from jaxseg import _stats
-
-
-def assert_close(actual, expected, rtol=1e-5, atol=1e-5):
-    np.testing.assert_allclose(
-        np.asarray(actual, np.float64),
-        np.asarray(expected, np.float64),
-        rtol=rtol,
-        atol=atol,
-        strict=True,
-    )
 
 
 def assert_stats(stats, expected):
