@@ -35,6 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxseg import _checks
 from jaxseg._stats import OverlapStats
 
 # The class planes are unrolled: beyond a few classes the generic statistics core (a
@@ -57,6 +58,17 @@ def applies(activation, labels, num_classes: int) -> bool:
     )
 
 
+def valid_pixels(labels, num_classes: int, ignore_index, where) -> jax.Array | None:
+    """The ``valid`` argument of :func:`softmax_stats` for these options.
+
+    None when only the label range excludes pixels (the commonest case): the passes then
+    compare the labels in place and no mask is stored.
+    """
+    if ignore_index is None and where is None:
+        return None
+    return _checks.valid_mask(labels, num_classes, "softmax", ignore_index, where)
+
+
 class SoftmaxStats(NamedTuple):
     """Sums over the valid pixels of each sample; see the module docstring.
 
@@ -74,8 +86,8 @@ class SoftmaxStats(NamedTuple):
 
 
 def _softmax_planes(x: jax.Array):
-    """Per-class planes of probabilities and log-probabilities of ``(n, C)`` logits."""
-    xs = [x[:, c] for c in range(x.shape[-1])]
+    """Per-class planes of probabilities and log-probabilities of ``(..., C)`` logits."""
+    xs = [x[..., c] for c in range(x.shape[-1])]
     top = functools.reduce(jnp.maximum, xs)
     es = [jnp.exp(xc - top) for xc in xs]
     norm = functools.reduce(jnp.add, es)
@@ -95,7 +107,8 @@ def _smoothed_weights(weights, smoothing, hits):
 
 
 def _sum_all(terms: list[jax.Array]) -> list[jax.Array]:
-    """Sums of equally long ``(n,)`` arrays in one variadic reduction (see module doc)."""
+    """Sums of equally shaped arrays in one variadic reduction (see module doc)."""
+    terms = [t.reshape(-1) for t in terms]
     n = terms[0].shape[0]
     blocks = BLOCKS if n % BLOCKS == 0 else 1
     parts = tuple(t.reshape(blocks, n // blocks) for t in terms)
@@ -106,9 +119,20 @@ def _sum_all(terms: list[jax.Array]) -> list[jax.Array]:
     return [jnp.sum(t) for t in partial]
 
 
+def _in_range(y: jax.Array, num_classes: int) -> jax.Array:
+    """``0 <= y < C`` as one unsigned comparison.
+
+    One comparison of the labels against a constant is recomputed inside every loop that
+    needs it, where the ``and`` of two is computed once and stored as a mask (XLA's CPU
+    backend duplicates only producers that read no more elements than they write).
+    """
+    return y.astype(jnp.uint32) < num_classes
+
+
 def _sample_sums(x, y, v, weights, smoothing) -> SoftmaxStats:
-    """Sums of one sample: ``x`` ``(n, C)``, ``y`` ``(n,)`` int, ``v`` ``(n,)`` bool."""
+    """Sums of one sample: ``x`` ``(*spatial, C)``, ``y`` int and ``v`` bool ``(*spatial)``."""
     num_classes = x.shape[-1]
+    v = _in_range(y, num_classes) if v is None else v
     ps, logps = _softmax_planes(x)
     zero = jnp.zeros((), x.dtype)
     hits = [v & (y == c) for c in range(num_classes)]
@@ -139,6 +163,7 @@ def _sample_grad(x, y, v, weights, smoothing, g: SoftmaxStats) -> jax.Array:
     ps, _ = _softmax_planes(x)
     zero = jnp.zeros((), x.dtype)
     num_classes = x.shape[-1]
+    v = _in_range(y, num_classes) if v is None else v
     hits = [y == c for c in range(num_classes)]
     wy = _smoothed_weights(weights, smoothing, hits)
     big_g = [
@@ -154,20 +179,11 @@ def _sample_grad(x, y, v, weights, smoothing, g: SoftmaxStats) -> jax.Array:
     return jnp.stack(grads, axis=-1)
 
 
-def _flatten(logits, labels, valid):
-    batch, num_classes = logits.shape[0], logits.shape[-1]
-    return (
-        logits.reshape(batch, -1, num_classes),
-        labels.reshape(batch, -1),
-        valid.reshape(batch, -1),
-    )
-
-
 @jax.custom_vjp
 def softmax_stats(
     logits: jax.Array,
     labels: jax.Array,
-    valid: jax.Array,
+    valid: jax.Array | None,
     weights: jax.Array,
     smoothing: jax.Array,
 ) -> SoftmaxStats:
@@ -177,16 +193,18 @@ def softmax_stats(
       logits: ``(batch, *spatial, classes)`` float32 or float64.
       labels: ``(batch, *spatial)`` int32; values outside ``[0, classes)`` match no class
         (exclude them through ``valid``).
-      valid: ``(batch, *spatial)`` bool.
+      valid: ``(batch, *spatial)`` bool, or None for the pixels whose label is in
+        ``[0, classes)``: computed in each pass, not stored.
       weights: ``(classes,)`` class weights of the cross-entropy.
       smoothing: scalar label smoothing of the cross-entropy.
 
     Returns:
       :class:`SoftmaxStats`.
     """
-    x, y, v = _flatten(logits, labels, valid)
+    # Per sample, in the logits' own shape: flattening here would put reshapes between
+    # the mask and its uses, and XLA then stores the mask instead of recomputing it.
     in_axes = (0, 0, 0, None, None)
-    return jax.vmap(_sample_sums, in_axes=in_axes)(x, y, v, weights, smoothing)
+    return jax.vmap(_sample_sums, in_axes=in_axes)(logits, labels, valid, weights, smoothing)
 
 
 def _softmax_stats_fwd(logits, labels, valid, weights, smoothing):
@@ -201,14 +219,13 @@ def _softmax_stats_fwd(logits, labels, valid, weights, smoothing):
 
 def _softmax_stats_bwd(residuals, cotangents):
     logits, labels, valid, weights, smoothing = residuals
-    x, y, v = _flatten(logits, labels, valid)
     # The integer label counts have no cotangent (float0); the other sums do.
     g = SoftmaxStats(*(t.astype(logits.dtype) for t in cotangents[:3]), label_sum=jnp.zeros(()))
     in_axes = (0, 0, 0, None, None, SoftmaxStats(0, 0, 0, None))
-    grads = jax.vmap(_sample_grad, in_axes=in_axes)(x, y, v, weights, smoothing, g)
+    grads = jax.vmap(_sample_grad, in_axes=in_axes)(logits, labels, valid, weights, smoothing, g)
     # Class weights and smoothing are options, not parameters: no gradient flows to them.
     return (
-        grads.reshape(logits.shape),
+        grads,
         None,
         None,
         jnp.zeros_like(weights),
@@ -219,7 +236,9 @@ def _softmax_stats_bwd(residuals, cotangents):
 softmax_stats.defvjp(_softmax_stats_fwd, _softmax_stats_bwd)
 
 
-def softmax_overlap_stats(logits: jax.Array, labels: jax.Array, valid: jax.Array) -> OverlapStats:
+def softmax_overlap_stats(
+    logits: jax.Array, labels: jax.Array, valid: jax.Array | None
+) -> OverlapStats:
     """:class:`~jaxseg._stats.OverlapStats` of ``softmax(logits)`` from the fused pass.
 
     Equal to ``compute_stats(softmax(logits), labels, valid, arange(C))`` (tested), with a

@@ -42,12 +42,16 @@ def _reference_vjp(x, y, v, w, eps, g_tp, g_pred, g_ce):
 
 # (2, 16, 16, 4): a pixel count divisible by BLOCKS, so the sums go through the blocks.
 @pytest.mark.parametrize("shape", [(2, 11, 3), (3, 6, 5, 2), (2, 4, 3, 5, 4), (2, 16, 16, 4)])
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("masked", [False, True, "range"])
 def test_values_and_vjp_match_float64(shape, masked):
+    """``masked="range"``: labels out of range and ``valid=None`` (the in-place test)."""
     rng = np.random.default_rng(sum(shape))
     x = rng.normal(size=shape).astype(np.float32) * 3
     y = rng.integers(0, shape[-1], size=shape[:-1]).astype(np.int32)
     v = rng.random(shape[:-1]) > 0.3 if masked else np.ones(shape[:-1], bool)
+    if masked == "range":
+        y = np.where(v, y, rng.choice([-1, shape[-1], 2**31 - 1, -(2**31)], size=y.shape))
+    passed = None if masked == "range" else jnp.asarray(v)
     w = rng.uniform(0.2, 2.0, size=shape[-1]).astype(np.float32)
     eps = np.float32(0.1)
     cot = (
@@ -57,11 +61,11 @@ def test_values_and_vjp_match_float64(shape, masked):
     )
 
     def fused(x):
-        s = _softmax_stats.softmax_stats(x, jnp.asarray(y), jnp.asarray(v), jnp.asarray(w), eps)
+        s = _softmax_stats.softmax_stats(x, jnp.asarray(y), passed, jnp.asarray(w), eps)
         return s.tp, s.pred_sum, s.ce_sum
 
     counts = _softmax_stats.softmax_stats(
-        jnp.asarray(x), jnp.asarray(y), jnp.asarray(v), jnp.asarray(w), eps
+        jnp.asarray(x), jnp.asarray(y), passed, jnp.asarray(w), eps
     ).label_sum
     onehot = y[..., None] == np.arange(shape[-1])
     want_counts = (onehot & v[..., None]).sum(tuple(range(1, len(shape) - 1)))
