@@ -277,7 +277,11 @@ def valid_mask(
     """
     if is_integer_labels(labels):
         labels = labels.astype(jnp.int32)
-        valid = (labels >= 0) & (labels < num_label_values(num_channels, activation))
+        # 0 <= label < n as one unsigned comparison: XLA's CPU backend recomputes one
+        # comparison against a constant inside each loop that reads it, but computes the
+        # ``and`` of two once and stores it (measured: the fused dice_ce pass on
+        # (8, 256, 256, 4) then needs a 0.5 MiB mask more temporary memory).
+        valid = labels.astype(jnp.uint32) < num_label_values(num_channels, activation)
         if ignore_index is not None:
             valid &= labels != ignore_index
     else:

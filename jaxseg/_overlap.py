@@ -139,7 +139,7 @@ def _stats_for_loss(
 ) -> OverlapStats:
     if not squared and _softmax_stats.applies(activation, labels, logits.shape[-1]):
         # The commonest case has a fused pass (same statistics, cheaper gradient).
-        valid = _softmax_stats.valid_pixels(labels, logits.shape[-1], ignore_index, where)
+        valid = _checks.valid_mask(labels, logits.shape[-1], activation, ignore_index, where)
         x = _checks.widen(logits)
         stats = _softmax_stats.softmax_overlap_stats(x, labels.astype(jnp.int32), valid)
     else:

@@ -206,7 +206,7 @@ def _fused_cross_entropy(
     """Softmax cross-entropy of integer labels from the fused statistics pass."""
     num_classes = logits.shape[-1]
     x = _checks.widen(logits)
-    valid = _softmax_stats.valid_pixels(labels, num_classes, ignore_index, where)
+    valid = _checks.valid_mask(labels, num_classes, "softmax", ignore_index, where)
     labels = labels.astype(jnp.int32)
     weights = (
         jnp.ones((num_classes,), x.dtype)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxseg
-from jaxseg import _softmax_stats
+from jaxseg import _checks, _softmax_stats
 
 
 def _reference(x, y, v, w, eps):
@@ -44,14 +44,17 @@ def _reference_vjp(x, y, v, w, eps, g_tp, g_pred, g_ce):
 @pytest.mark.parametrize("shape", [(2, 11, 3), (3, 6, 5, 2), (2, 4, 3, 5, 4), (2, 16, 16, 4)])
 @pytest.mark.parametrize("masked", [False, True, "range"])
 def test_values_and_vjp_match_float64(shape, masked):
-    """``masked="range"``: labels out of range and ``valid=None`` (the in-place test)."""
+    """``masked="range"``: labels out of range, excluded by the losses' own validity mask."""
     rng = np.random.default_rng(sum(shape))
     x = rng.normal(size=shape).astype(np.float32) * 3
     y = rng.integers(0, shape[-1], size=shape[:-1]).astype(np.int32)
     v = rng.random(shape[:-1]) > 0.3 if masked else np.ones(shape[:-1], bool)
     if masked == "range":
         y = np.where(v, y, rng.choice([-1, shape[-1], 2**31 - 1, -(2**31)], size=y.shape))
-    passed = None if masked == "range" else jnp.asarray(v)
+    if masked == "range":
+        passed = _checks.valid_mask(jnp.asarray(y), shape[-1], "softmax", None, None)
+    else:
+        passed = jnp.asarray(v)
     w = rng.uniform(0.2, 2.0, size=shape[-1]).astype(np.float32)
     eps = np.float32(0.1)
     cot = (
