@@ -83,6 +83,34 @@ def test_values_and_vjp_match_float64(shape, masked):
     np.testing.assert_allclose(dx, _reference_vjp(x, y, v, w, float(eps), *cot), atol=2e-6)
 
 
+@pytest.mark.parametrize("used", [("tp",), ("pred_sum",), ("ce_sum",), ("tp", "pred_sum")])
+def test_vjp_of_a_subset_of_the_sums_matches_float64(used):
+    """A loss that uses some sums only: the others' cotangents are symbolic zeros."""
+    shape = (2, 16, 16, 4)
+    rng = np.random.default_rng(len(used))
+    x = rng.normal(size=shape).astype(np.float32) * 3
+    y = rng.integers(0, shape[-1], size=shape[:-1]).astype(np.int32)
+    v = rng.random(shape[:-1]) > 0.2
+    w = rng.uniform(0.2, 2.0, size=shape[-1]).astype(np.float32)
+    eps = np.float32(0.05)
+    cot = {
+        "tp": rng.normal(size=(shape[0], shape[-1])),
+        "pred_sum": rng.normal(size=(shape[0], shape[-1])),
+        "ce_sum": rng.normal(size=(shape[0],)),
+    }
+
+    def loss(x):
+        s = _softmax_stats.softmax_stats(x, jnp.asarray(y), jnp.asarray(v), jnp.asarray(w), eps)
+        return sum(jnp.sum(getattr(s, k) * jnp.asarray(cot[k], jnp.float32)) for k in used)
+
+    dx = jax.jit(jax.grad(loss))(jnp.asarray(x))
+    zeroed = {k: c if k in used else np.zeros_like(c) for k, c in cot.items()}
+    want = _reference_vjp(
+        x, y, v, w, float(eps), zeroed["tp"], zeroed["pred_sum"], zeroed["ce_sum"]
+    )
+    np.testing.assert_allclose(dx, want, atol=2e-6)
+
+
 def test_fused_and_generic_paths_agree_with_each_other():
     """4 classes take the fused pass, dense one-hot labels the generic core."""
     rng = np.random.default_rng(0)
