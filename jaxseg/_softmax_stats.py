@@ -92,14 +92,15 @@ def _softmax(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     return e, inv, top - jnp.log(inv)
 
 
+def _smoothed(hit, smoothing, num_classes: int):
+    """Smoothed label ``yhat = (1 - eps) [y = c] + eps / C`` from a bool or 0/1 ``hit``."""
+    return hit * (1 - smoothing) + smoothing / num_classes
+
+
 def _smoothed_weights(weights, smoothing, hits):
-    """``w_c yhat_c`` per class plane, with ``yhat = (1 - eps) onehot + eps / C``."""
+    """``w_c yhat_c`` per class plane, from the per-class ``hits``."""
     num_classes = len(hits)
-    zero = jnp.zeros((), weights.dtype)
-    return [
-        weights[c] * (jnp.where(hits[c], 1 - smoothing, zero) + smoothing / num_classes)
-        for c in range(num_classes)
-    ]
+    return [weights[c] * _smoothed(hits[c], smoothing, num_classes) for c in range(num_classes)]
 
 
 def _sum_all(terms: list[jax.Array]) -> list[jax.Array]:
@@ -173,14 +174,8 @@ def _sample_grad(e, inv, y, v, weights, smoothing, g_tp, g_pred, g_ce) -> jax.Ar
         big_g = vf[..., None] * (hit * per_class(g_tp) + per_class(g_pred))
         grad = p * (big_g - p_dot_g[..., None])
     if g_ce is not None:
-
-        def smoothed(h):
-            return h * (1 - smoothing) + smoothing / num_classes
-
-        w_total = functools.reduce(
-            jnp.add, [weights[c] * smoothed(hits[c]) for c in range(num_classes)]
-        )
-        wy = per_class(weights) * smoothed(hit)
+        w_total = functools.reduce(jnp.add, _smoothed_weights(weights, smoothing, hits))
+        wy = per_class(weights) * _smoothed(hit, smoothing, num_classes)
         grad = grad + (vf * g_ce)[..., None] * (p * w_total[..., None] - wy)
     return grad
 
