@@ -51,7 +51,6 @@ def test_values_and_vjp_match_float64(shape, masked):
     v = rng.random(shape[:-1]) > 0.3 if masked else np.ones(shape[:-1], bool)
     if masked == "range":
         y = np.where(v, y, rng.choice([-1, shape[-1], 2**31 - 1, -(2**31)], size=y.shape))
-    if masked == "range":
         passed = _checks.valid_mask(jnp.asarray(y), shape[-1], "softmax", None, None)
     else:
         passed = jnp.asarray(v)
