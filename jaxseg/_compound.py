@@ -53,6 +53,7 @@ def dice_ce(
     where: ArrayLike | None = None,
     label_smoothing: float = 0.0,
     pos_weight: ArrayLike | None = None,
+    pixel_weights: ArrayLike | None = None,
     axis_name: AxisName = None,
     return_components: bool = False,
 ) -> Result:
@@ -77,7 +78,8 @@ def dice_ce(
       class_weights: ``(classes,)``: the Dice class mean and the CE pixel weights (as
         MONAI's ``weight``).
       ignore_index, where, axis_name: both terms.
-      label_smoothing, pos_weight: cross-entropy term only.
+      label_smoothing, pos_weight, pixel_weights: cross-entropy term only (see
+        :func:`jaxseg.cross_entropy`).
       return_components: also return ``{"dice": L_dice, "ce": L_ce}`` (unweighted).
 
     Returns:
@@ -98,13 +100,14 @@ def dice_ce(
       for deep learning-based biomedical image segmentation. Nature Methods 2021.
     """
     _check_lambdas(lambda_dice=lambda_dice, lambda_ce=lambda_ce)
+    _checks.check_nonnegative("pixel_weights", pixel_weights)
     return _DICE_CE.evaluate(
         logits, labels, (lambda_dice, lambda_ce), return_components=return_components,
         activation=activation, smooth_nr=smooth_nr, smooth_dr=smooth_dr,
         include_background=include_background, batch=batch, squared=squared,
         soft_label=soft_label, empty=empty, class_weights=class_weights,
         ignore_index=ignore_index, where=where, label_smoothing=label_smoothing,
-        pos_weight=pos_weight, axis_name=axis_name,
+        pos_weight=pos_weight, pixel_weights=pixel_weights, axis_name=axis_name,
     )  # fmt: skip
 
 
@@ -127,6 +130,7 @@ def dice_focal(
     class_weights: ArrayLike | None = None,
     ignore_index: int | None = None,
     where: ArrayLike | None = None,
+    pixel_weights: ArrayLike | None = None,
     axis_name: AxisName = None,
     return_components: bool = False,
 ) -> Result:
@@ -152,6 +156,7 @@ def dice_focal(
       smooth_nr, smooth_dr, include_background, batch, squared, soft_label, empty:
         Dice term only.
       class_weights, ignore_index, where, axis_name: both terms.
+      pixel_weights: focal term only (see :func:`jaxseg.focal_loss`).
       return_components: also return ``{"dice": ..., "focal": ...}`` (unweighted).
 
     Returns:
@@ -171,12 +176,14 @@ def dice_focal(
       2017.
     """
     _check_lambdas(lambda_dice=lambda_dice, lambda_focal=lambda_focal)
+    _checks.check_nonnegative("pixel_weights", pixel_weights)
     return _DICE_FOCAL.evaluate(
         logits, labels, (lambda_dice, lambda_focal), return_components=return_components,
         gamma=gamma, alpha=alpha, activation=activation, smooth_nr=smooth_nr,
         smooth_dr=smooth_dr, include_background=include_background, batch=batch,
         squared=squared, soft_label=soft_label, empty=empty, class_weights=class_weights,
-        ignore_index=ignore_index, where=where, axis_name=axis_name,
+        ignore_index=ignore_index, where=where, pixel_weights=pixel_weights,
+        axis_name=axis_name,
     )  # fmt: skip
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _reduce, _softmax_stats, _stats
+from jaxseg import _checks, _reduce, _softmax, _stats
 from jaxseg._stats import OverlapStats
 
 EMPTY_POLICIES = ("smooth", "exclude", "complement")
@@ -128,6 +128,7 @@ def _stats_for_loss(
     logits,
     labels,
     where,
+    class_weights,
     *,
     activation,
     ignore_index,
@@ -137,11 +138,14 @@ def _stats_for_loss(
     batch,
     axis_name,
 ) -> OverlapStats:
-    if not squared and _softmax_stats.applies(activation, labels, logits.shape[-1]):
-        # The commonest case has a fused pass (same statistics, cheaper gradient).
-        valid = _checks.valid_mask(labels, logits.shape[-1], activation, ignore_index, where)
-        x = _checks.widen(logits)
-        stats = _softmax_stats.softmax_overlap_stats(x, labels.astype(jnp.int32), valid)
+    if not squared and _softmax.applies(activation, labels):
+        # Softmax with integer labels: the softmax engine (for hard labels the L1 form
+        # of soft_label equals sum(p y)). The class weights go to it only so that a
+        # cross-entropy on the same logits shares its pass.
+        terms, _ = _softmax.terms_of(
+            logits, labels, ignore_index=ignore_index, where=where, class_weights=class_weights
+        )
+        stats = _softmax.overlap_stats(terms)
     else:
         stats = _stats.stats_of_probabilities(
             logits,
@@ -189,6 +193,7 @@ def _overlap_loss(
         logits,
         labels,
         where,
+        class_weights,
         activation=activation,
         ignore_index=ignore_index,
         squared=squared,
@@ -546,6 +551,7 @@ def _generalized_dice_loss(
         logits,
         labels,
         where,
+        class_weights,
         activation=activation,
         ignore_index=ignore_index,
         squared=False,

@@ -8,12 +8,12 @@ focal ``gamma`` of 0 or below 1.
 from __future__ import annotations
 
 import functools
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _reduce, _softmax_stats
+from jaxseg import _checks, _reduce, _softmax
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -75,111 +75,6 @@ def _log1m_pt_sigmoid(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.logaddexp(jax.nn.log_sigmoid(x) + jnp.log1p(-y), jax.nn.log_sigmoid(-x) + jnp.log(y))
 
 
-class _ClassAxis(NamedTuple):
-    """The class axis as a list of per-class arrays, and how to reduce over it.
-
-    Up to ``MAX_FUSED_CLASSES`` classes the axis is unrolled into planes, as in the fused
-    statistics (XLA's CPU backend reduces a minor axis of a few classes poorly); beyond,
-    it stays an axis of one array and per-pixel values keep a trailing axis of 1.
-    """
-
-    planes: bool
-    class_shape: tuple[int, ...]  # a per-class vector's shape against the logits
-
-    @classmethod
-    def of(cls, logits: jax.Array) -> _ClassAxis:
-        num_classes = logits.shape[-1]
-        planes = num_classes <= _softmax_stats.MAX_FUSED_CLASSES
-        return cls(planes, (1,) * (logits.ndim - 1) + (num_classes,))
-
-    def split(self, x: jax.Array) -> list[jax.Array]:
-        """Logits-shaped ``x``, or a ``(classes,)`` vector, as per-class arrays."""
-        if self.planes:
-            return [x[..., c] for c in range(x.shape[-1])]
-        return [x.reshape(self.class_shape) if x.ndim == 1 else x]
-
-    def hits(self, labels: jax.Array) -> list[jax.Array]:
-        num_classes = self.class_shape[-1]
-        if self.planes:
-            return [labels == c for c in range(num_classes)]
-        return [labels[..., None] == jnp.arange(num_classes).reshape(self.class_shape)]
-
-    def max(self, arrays: list[jax.Array]) -> jax.Array:
-        return functools.reduce(jnp.maximum, arrays) if self.planes else jnp.max(arrays[0], -1)
-
-    def sum(self, arrays: list[jax.Array]) -> jax.Array:
-        return functools.reduce(jnp.add, arrays) if self.planes else jnp.sum(arrays[0], -1)
-
-    def expand(self, pixel: jax.Array) -> jax.Array:
-        """A per-pixel value, shaped to broadcast against the per-class arrays."""
-        return pixel if self.planes else pixel[..., None]
-
-    def stack(self, arrays: list[jax.Array]) -> jax.Array:
-        return jnp.stack(arrays, axis=-1) if self.planes else arrays[0]
-
-
-def _focal_terms(x, labels, weights, alpha_c, gamma):
-    """Per pixel: loss, class weight, ``lse`` and ``k = dloss / d log p_y`` (see below)."""
-    axis = _ClassAxis.of(x)
-    xs, hits = axis.split(x), axis.hits(labels)
-    zero = jnp.zeros((), x.dtype)
-
-    def true_class(values):
-        return axis.sum([jnp.where(h, u, zero) for h, u in zip(hits, values, strict=True)])
-
-    top = axis.max(xs)
-    es = [jnp.exp(xc - axis.expand(top)) for xc in xs]
-    log_sum_all = jnp.log(axis.sum(es))
-    sum_rest = axis.sum([jnp.where(h, zero, e) for h, e in zip(hits, es, strict=True)])
-    sum_rest = jnp.maximum(sum_rest, jnp.finfo(x.dtype).tiny)
-    log_p_y = true_class(xs) - top - log_sum_all
-    modulator = jnp.exp(gamma * (jnp.log(sum_rest) - log_sum_all))
-    weight_alpha_y = true_class(axis.split(weights * alpha_c))
-    # d loss / d x_c = k ([y = c] - p_c) with k = w m (gamma r log p_y - 1), where
-    # r = p_y / (1 - p_y) = e_y / sum_rest (no cancellation; r log p_y -> -1 as p_y -> 1).
-    ratio = true_class(es) / sum_rest
-    k = weight_alpha_y * modulator * (gamma * ratio * log_p_y - 1)
-    loss = -weight_alpha_y * modulator * log_p_y
-    return loss, true_class(axis.split(weights)), top + log_sum_all, k
-
-
-@jax.custom_vjp
-def _softmax_focal_integer(x, labels, weights, alpha_c, gamma):
-    """Softmax focal loss and class weight per pixel for integer labels (true class only).
-
-    ``log p_y`` and ``log(1 - p_y)`` come from one exponential pass:
-    ``log(1 - p_y) = log sum_{k != y} e^(x_k - m) - log sum_k e^(x_k - m)``, exact
-    without cancellation. The first sum is floored at the smallest normal float: it is
-    below that only when ``1 - p_y < 1e-38``, where ``-log p_y`` and its gradient are 0
-    too, so the floor changes nothing but keeps ``log`` and its gradient finite.
-
-    The custom VJP is one elementwise pass ``dx_c = g k ([y = c] - p_c)`` from two saved
-    per-pixel values (measured on (8, 256, 256, 4): 7.3 ms with it against 17.3 ms
-    differentiating through the formula, which XLA recomputes per class). Class weights,
-    ``alpha`` and ``gamma`` are options: no gradient flows to them.
-    """
-    return _focal_terms(x, labels, weights, alpha_c, gamma)[:2]
-
-
-def _softmax_focal_fwd(x, labels, weights, alpha_c, gamma):
-    loss, weight_y, lse, k = _focal_terms(x, labels, weights, alpha_c, gamma)
-    return (loss, weight_y), (x, labels, lse, k, weights, alpha_c, gamma)
-
-
-def _softmax_focal_bwd(residuals, cotangents):
-    x, labels, lse, k, weights, alpha_c, gamma = residuals
-    g_loss, _ = cotangents  # the class weight does not depend on the logits
-    axis = _ClassAxis.of(x)
-    gk, lse = axis.expand(g_loss * k), axis.expand(lse)
-    hits = axis.hits(labels)
-    grads = [gk * (h - jnp.exp(xc - lse)) for h, xc in zip(hits, axis.split(x), strict=True)]
-    zeros = (jnp.zeros_like(weights), jnp.zeros_like(alpha_c), jnp.zeros_like(gamma))
-    return (axis.stack(grads), None, *zeros)
-
-
-_softmax_focal_integer.defvjp(_softmax_focal_fwd, _softmax_focal_bwd)
-
-
 def _focal_alpha(alpha, num_classes: int, dtype) -> jax.Array:
     """``alpha`` per class: MONAI's scalar form is 1 - alpha for the background."""
     if alpha is None:
@@ -189,35 +84,30 @@ def _focal_alpha(alpha, num_classes: int, dtype) -> jax.Array:
     return jnp.asarray(alpha, dtype)
 
 
-def _finish(loss, t: _Targets, norm, *, activation, reduction, axis_name):
-    """Masks excluded pixels out and reduces ``loss`` with normaliser ``norm``."""
-    if activation == "softmax":
-        loss = jnp.where(t.valid, loss, 0)
-        norm = jnp.where(t.valid, norm, 0)
-    else:
-        loss = jnp.where(t.valid[..., None], loss, 0)
-        norm = jnp.broadcast_to(t.valid[..., None], loss.shape)
+def _finish(loss, valid, norm, pixel_weights, *, activation, reduction, axis_name):
+    """Weighs, masks excluded pixels out and reduces ``loss`` with normaliser ``norm``.
+
+    ``norm`` is the per-pixel weight of the mean (the label's class weight for softmax,
+    None for sigmoid: each valid pixel-channel counts 1); ``pixel_weights`` multiply
+    both the loss and ``norm``.
+    """
+    if activation != "softmax":
+        valid = valid[..., None]
+        norm = jnp.ones(loss.shape, loss.dtype)
+        if pixel_weights is not None:
+            pixel_weights = pixel_weights[..., None]
+    if pixel_weights is not None:
+        pixel_weights = pixel_weights.astype(loss.dtype)
+        loss, norm = loss * pixel_weights, norm * pixel_weights
+    loss = jnp.where(valid, loss, 0)
+    norm = jnp.where(valid, norm, 0)
     return _reduce.weighted_reduce(loss, norm.astype(loss.dtype), reduction, axis_name)
 
 
-def _fused_cross_entropy(
-    logits, labels, where, class_weights, label_smoothing, *, ignore_index, reduction, axis_name
-):
-    """Softmax cross-entropy of integer labels from the fused statistics pass."""
-    num_classes = logits.shape[-1]
-    x = _checks.widen(logits)
-    valid = _checks.valid_mask(labels, num_classes, "softmax", ignore_index, where)
-    labels = labels.astype(jnp.int32)
-    weights = (
-        jnp.ones((num_classes,), x.dtype)
-        if class_weights is None
-        else class_weights.astype(x.dtype)
-    )
-    fused = _softmax_stats.softmax_stats(
-        x, labels, valid, weights, jnp.asarray(label_smoothing, x.dtype)
-    )
-    norm = jnp.sum(fused.label_sum.astype(x.dtype) * weights.reshape(1, -1), axis=-1)
-    return _reduce.weighted_reduce(fused.ce_sum, norm, reduction, axis_name)
+def _engine_weights(class_weights, num_classes, dtype):
+    if class_weights is None:
+        return jnp.ones((num_classes,), dtype)
+    return class_weights.astype(dtype)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -228,28 +118,33 @@ def _cross_entropy(
     class_weights,
     label_smoothing,
     pos_weight,
+    pixel_weights,
     *,
     activation,
     ignore_index,
     reduction,
     axis_name,
 ):
-    if reduction != "none" and _softmax_stats.applies(activation, labels, logits.shape[-1]):
-        return _fused_cross_entropy(
-            logits,
-            labels,
-            where,
-            class_weights,
-            label_smoothing,
-            ignore_index=ignore_index,
-            reduction=reduction,
-            axis_name=axis_name,
+    num_classes = logits.shape[-1]
+    finish = functools.partial(
+        _finish, activation=activation, reduction=reduction, axis_name=axis_name
+    )
+    if _softmax.applies(activation, labels):
+        terms, valid = _softmax.terms_of(
+            logits, labels, ignore_index=ignore_index, where=where, class_weights=class_weights
         )
+        dtype = terms.log_p.dtype
+        weight_y = _softmax.label_gather(_engine_weights(class_weights, num_classes, dtype), labels)
+        # -sum_c w_c yhat_c log p_c with yhat = (1 - eps) [y = c] + eps / C.
+        loss = (
+            -(1 - label_smoothing) * weight_y * terms.log_p
+            - (label_smoothing / num_classes) * terms.weighted_log_p
+        )
+        return finish(loss, valid, weight_y, pixel_weights)
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
     )
     x = logits.astype(t.dtype)
-    num_classes = x.shape[-1]
     if activation == "softmax":
         y = (1 - label_smoothing) * t.y + label_smoothing / num_classes
         loss = -jnp.sum(t.weights * y * jax.nn.log_softmax(x, axis=-1), axis=-1)
@@ -259,7 +154,7 @@ def _cross_entropy(
         pos = 1 if pos_weight is None else t.per_class(pos_weight)
         loss = -t.weights * (pos * y * jax.nn.log_sigmoid(x) + (1 - y) * jax.nn.log_sigmoid(-x))
         norm = None
-    return _finish(loss, t, norm, activation=activation, reduction=reduction, axis_name=axis_name)
+    return finish(loss, t.valid, norm, pixel_weights)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -270,27 +165,33 @@ def _focal_loss(
     class_weights,
     gamma,
     alpha,
+    pixel_weights,
     *,
     activation,
     ignore_index,
     reduction,
     axis_name,
 ):
+    num_classes = logits.shape[-1]
+    finish = functools.partial(
+        _finish, activation=activation, reduction=reduction, axis_name=axis_name
+    )
+    if _softmax.applies(activation, labels):
+        terms, valid = _softmax.terms_of(
+            logits, labels, ignore_index=ignore_index, where=where, class_weights=class_weights
+        )
+        dtype = terms.log_p.dtype
+        weight_y = _softmax.label_gather(_engine_weights(class_weights, num_classes, dtype), labels)
+        alpha_y = _softmax.label_gather(_focal_alpha(alpha, num_classes, dtype), labels)
+        # (1 - p_y)^gamma = exp(gamma log(1 - p_y)): gamma = 0 is the cross-entropy.
+        modulator = jnp.exp(gamma * terms.log1m_p)
+        loss = -alpha_y * weight_y * modulator * terms.log_p
+        return finish(loss, valid, weight_y, pixel_weights)
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
     )
     x = logits.astype(t.dtype)
-    num_classes = x.shape[-1]
-    if activation == "softmax" and _checks.is_integer_labels(labels):
-        weights = t.weights.reshape(-1).astype(x.dtype)
-        loss, norm = _softmax_focal_integer(
-            _checks.widen(logits),
-            labels.astype(jnp.int32),
-            weights,
-            _focal_alpha(alpha, num_classes, x.dtype),
-            jnp.asarray(gamma, x.dtype),
-        )
-    elif activation == "softmax":
+    if activation == "softmax":
         log_p = jax.nn.log_softmax(x, axis=-1)
         modulator = jnp.exp(gamma * _log1m_softmax(x, log_p))
         alpha_c = t.per_class(_focal_alpha(alpha, num_classes, x.dtype))
@@ -304,10 +205,12 @@ def _focal_loss(
             alpha = t.per_class(alpha)
             loss = (alpha * t.y + (1 - alpha) * (1 - t.y)) * loss
         norm = None
-    return _finish(loss, t, norm, activation=activation, reduction=reduction, axis_name=axis_name)
+    return finish(loss, t.valid, norm, pixel_weights)
 
 
-def _validate(logits, labels, *, activation, ignore_index, where, class_weights, reduction):
+def _validate(
+    logits, labels, *, activation, ignore_index, where, class_weights, reduction, pixel_weights
+):
     # Pixel losses need logits: activation=None (probabilities) is for overlap losses.
     _checks.check_option("activation", activation, ("softmax", "sigmoid"))
     _checks.check_logits_labels(
@@ -315,6 +218,22 @@ def _validate(logits, labels, *, activation, ignore_index, where, class_weights,
     )
     _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
     _checks.check_class_weights(class_weights, jnp.shape(logits)[-1])
+    _check_pixel_weights(pixel_weights, jnp.shape(logits)[:-1])
+
+
+def _check_pixel_weights(pixel_weights, expected):
+    if pixel_weights is None:
+        return
+    shape = tuple(jnp.shape(pixel_weights))
+    if shape != tuple(expected):
+        raise ValueError(
+            f"`pixel_weights` must have shape (batch, *spatial) = {tuple(expected)}, one "
+            f"weight per pixel; got shape {shape}."
+        )
+    dtype = jnp.result_type(pixel_weights)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"`pixel_weights` must be a float array; got dtype {dtype}.")
+    _checks.check_nonnegative("pixel_weights", pixel_weights)
 
 
 def _array(x: Any) -> jax.Array | None:
@@ -333,6 +252,7 @@ def cross_entropy(
     axis_name: AxisName = None,
     label_smoothing: float = 0.0,
     pos_weight: ArrayLike | None = None,
+    pixel_weights: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Cross-entropy: softmax (exclusive classes) or binary per channel (sigmoid).
 
@@ -341,7 +261,9 @@ def cross_entropy(
 
     .. math::
         \ell_i = -\sum_c w_c\, \hat y_{ic} \log \mathrm{softmax}(x_i)_c, \qquad
-        \text{mean} = \sum_i \ell_i \Big/ \sum_i \sum_c w_c\, y_{ic}
+        \text{mean} = \sum_i \omega_i \ell_i \Big/ \sum_i \omega_i \sum_c w_c\, y_{ic}
+
+    with pixel weights :math:`\omega` (``pixel_weights``, 1 by default).
 
     Sigmoid, per pixel and channel, with :math:`\hat y = (1-\epsilon) y + \epsilon/2`
     and ``pos_weight`` ``q`` (``BCEWithLogitsLoss``):
@@ -362,6 +284,12 @@ def cross_entropy(
       axis_name: mapped axis name(s): sums and counts become global.
       label_smoothing: ``epsilon`` in [0, 1].
       pos_weight: weight of positives (sigmoid only), scalar or ``(classes,)``.
+      pixel_weights: float ``(batch, *spatial)`` non-negative per-pixel weights
+        ``omega`` (e.g. U-Net border weights): the mean becomes
+        ``sum_i omega_i w_{y_i} l_i / sum_i omega_i w_{y_i}`` over valid pixels (sigmoid:
+        ``sum omega l / sum omega`` over valid pixel-channels); ``"none"`` and ``"sum"``
+        return ``omega l``. Keras' ``sample_weight`` divides by the pixel count
+        instead of ``sum omega``.
 
     Returns:
       A float32 scalar, or the ``"none"`` values.
@@ -384,6 +312,7 @@ def cross_entropy(
         where=where,
         class_weights=class_weights,
         reduction=reduction,
+        pixel_weights=pixel_weights,
     )
     _checks.check_unit_interval("label_smoothing", label_smoothing)
     if pos_weight is not None:
@@ -400,6 +329,7 @@ def cross_entropy(
         _array(class_weights),
         label_smoothing,
         _array(pos_weight),
+        _array(pixel_weights),
         activation=activation,
         ignore_index=ignore_index,
         reduction=reduction,
@@ -419,6 +349,7 @@ def focal_loss(
     where: ArrayLike | None = None,
     reduction: str = "mean",
     axis_name: AxisName = None,
+    pixel_weights: ArrayLike | None = None,
 ) -> jax.Array:
     r"""Focal loss (Lin et al. 2017), softmax or sigmoid, computed in log space.
 
@@ -440,7 +371,7 @@ def focal_loss(
       gamma: focusing parameter, >= 0.
       alpha: balance factor: None, a float in [0, 1], or ``(classes,)``.
       activation: ``"softmax"`` or ``"sigmoid"``.
-      class_weights, ignore_index, where, reduction, axis_name: as
+      class_weights, ignore_index, where, reduction, axis_name, pixel_weights: as
         :func:`cross_entropy`.
 
     Returns:
@@ -464,6 +395,7 @@ def focal_loss(
         where=where,
         class_weights=class_weights,
         reduction=reduction,
+        pixel_weights=pixel_weights,
     )
     _checks.check_nonnegative("gamma", gamma)
     if alpha is not None:
@@ -476,6 +408,7 @@ def focal_loss(
         _array(class_weights),
         gamma,
         _array(alpha),
+        _array(pixel_weights),
         activation=activation,
         ignore_index=ignore_index,
         reduction=reduction,

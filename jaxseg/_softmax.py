@@ -1,0 +1,263 @@
+r"""The softmax engine: one pass over the logits for every softmax loss with integer labels.
+
+The Dice family, the cross-entropy and the focal loss, with softmax and integer labels,
+all need a few sums and per-pixel values of one softmax. This module computes them,
+for any number of classes, from one pass over logits of shape ``(batch, pixels, C)``
+(the spatial axes flattened, the class axis minor, as the logits lie in memory).
+
+Forward
+-------
+Per pixel ``i`` of sample ``b``, with label ``y``, validity ``v`` (0 or 1) and class
+weights ``w``, everything relative to the pixel's maximum ``m = max_c x_c`` (so adding a
+constant to all logits of a pixel changes nothing, up to offsets of 1e30):
+
+.. math::
+    z_c = x_c - m, \quad s = \sum_c e^{z_c}, \quad p_c = e^{z_c} / s, \quad
+    \log p_y = z_y - \log s, \quad
+    \log(1 - p_y) = \log \textstyle\sum_{c \ne y} e^{z_c} - \log s,
+
+    q = \sum_c w_c \log p_c = \sum_c w_c z_c - W \log s \quad (W = \textstyle\sum_c w_c),
+
+and per (sample, class)
+
+.. math::
+    \mathrm{pred}_{bc} = \sum_i v_i\, p_{ic}, \qquad
+    \mathrm{tp}_{bc} = \sum_{i:\, y_i = c} v_i\, p_{i y_i}, \qquad
+    n_{bc} = \sum_{i:\, y_i = c} v_i \ (\text{int32}).
+
+``pred`` is a matrix-vector product ``einsum("bnc,bn->bc", p, v)``: XLA's CPU backend
+runs it on its BLAS path, one read of ``p``, where a reduction over the pixel axis with
+the class axis minor is a strided loop (measured on (8, 256, 256, 19) float32: 1.6 ms
+against 5.9 ms for ``jnp.sum(p * v[..., None], axis=1)``). ``tp`` and ``n`` are segment
+sums of per-pixel values indexed by the label, O(pixels) whatever the class count (a
+masked class-axis sum would be O(pixels x classes) and a float one-hot a copy of the
+logits). ``log p_y`` is a gather (``take_along_axis``) of ``z``. ``sum_{c != y}`` is its
+own masked sum (not ``s - e^{z_y}``, which cancels when ``p_y`` is close to 1) and is
+floored at the smallest normal float: below it ``log p_y`` and its derivative are 0 too.
+XLA drops the outputs a loss does not use.
+
+Derivatives
+-----------
+The engine is a ``jax.custom_jvp``: its tangent rule is linear in ``dx`` (and in the
+class weights' tangent ``dw``). With the per-pixel ``dot = sum_c p_c dx_c``:
+
+.. math::
+    d \log p_y = dx_y - dot, \qquad d \log(1 - p_y) = -r\, d\log p_y, \quad
+    r = e^{z_y} / \textstyle\sum_{c \ne y} e^{z_c},
+
+    dq = \sum_c w_c\, dx_c - W\, dot + \sum_c dw_c \log p_c, \qquad
+    d\mathrm{pred}_{bc} = \sum_i v_i\, p_{ic} (dx_{ic} - dot_i), \qquad
+    d\mathrm{tp}_{bc} = \sum_{i:\, y_i = c} v_i\, p_{i y_i}\, d\log p_{y_i}.
+
+JAX transposes this rule for reverse mode. With cotangents ``g_pred``, ``g_tp`` (per
+(sample, class)) and ``g_lp``, ``g_l1m``, ``g_q`` (per pixel), and the per-pixel
+coefficient ``a = g_lp - r g_l1m + v p_y g_tp[y]`` (a gather of ``g_tp``):
+
+.. math::
+    \frac{\partial L}{\partial x_c} = [c = y]\, a + w_c\, g_q + v\, p_c\, g_{pred,c}
+    - p_c \big(a + W g_q + v \textstyle\sum_k p_k\, g_{pred,k}\big),
+
+one matrix-vector product (``sum_k p_k g_pred,k``, only for an overlap loss) and one
+elementwise pass over ``p``, written as the tangent rule's transposes (selects,
+broadcasts and multiplies, no scatter), which XLA fuses into one loop. Forward-mode
+autodiff (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) uses the rule as it is.
+Each term of the rule is written in the form whose transpose is cheapest: ``dx_y`` as
+a select summed over classes (its transpose is a select, where a gather's would be a
+scatter), ``dot`` and ``sum_c w_c dx_c`` as sums over the class axis (their transposes
+are broadcasts), the second term of ``dpred`` as a matrix-vector product (its
+transpose is one too).
+
+Precision: sums accumulate in the compute dtype (float32 for float32 and bfloat16
+logits, float64 for float64).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
+
+from jaxseg import _checks
+from jaxseg._stats import OverlapStats
+
+
+class SoftmaxTerms(NamedTuple):
+    """What the softmax losses need, from one pass; see the module docstring.
+
+    Attributes:
+      pred_sum: ``(batch, classes)`` ``sum_i v p_ic``.
+      tp: ``(batch, classes)`` ``sum_{i: y_i = c} v p_iy``.
+      label_sum: ``(batch, classes)`` int32 ``sum_{i: y_i = c} v``.
+      log_p: ``(batch, *spatial)`` ``log p_y`` (label clipped into range; mask it).
+      log1m_p: ``(batch, *spatial)`` ``log(1 - p_y)`` (the focal factor's logarithm).
+      weighted_log_p: ``(batch, *spatial)`` ``sum_c w_c log p_c`` (label smoothing).
+    """
+
+    pred_sum: jax.Array
+    tp: jax.Array
+    label_sum: jax.Array
+    log_p: jax.Array
+    log1m_p: jax.Array
+    weighted_log_p: jax.Array
+
+
+def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """``(batch, n)`` values summed by ``(batch, n)`` labels in ``[0, C)``: ``(batch, C)``."""
+    batch = values.shape[0]
+    index = labels + num_classes * jnp.arange(batch, dtype=labels.dtype)[:, None]
+    sums = jax.ops.segment_sum(
+        values.reshape(-1), index.reshape(-1), num_segments=batch * num_classes
+    )
+    return sums.reshape(batch, num_classes)
+
+
+class _Pass(NamedTuple):
+    """The primal values of one pass, shared by the outputs and the tangent rule."""
+
+    z: jax.Array  # (b, n, C) x - m
+    p: jax.Array  # (b, n, C) softmax
+    hit: jax.Array  # (b, n, C) bool [c = y], compared in place, never stored
+    log_s: jax.Array  # (b, n)
+    log_p: jax.Array  # (b, n)
+    p_y: jax.Array  # (b, n)
+    e_y: jax.Array  # (b, n) e^{z_y}
+    rest: jax.Array  # (b, n) sum_{c != y} e^{z_c}, floored
+    vf: jax.Array  # (b, n) validity as 0/1
+
+
+def _pass(x, labels, valid) -> _Pass:
+    num_classes = x.shape[-1]
+    z = x - jnp.max(x, axis=-1, keepdims=True)
+    e = jnp.exp(z)
+    s = jnp.sum(e, axis=-1)
+    log_s = jnp.log(s)
+    p = e / s[..., None]
+    y = jnp.clip(labels, 0, num_classes - 1)
+    hit = y[..., None] == jnp.arange(num_classes, dtype=y.dtype).reshape(1, 1, -1)
+    z_y = jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0]
+    log_p = z_y - log_s
+    rest = jnp.sum(jnp.where(hit, 0, e), axis=-1)
+    rest = jnp.maximum(rest, jnp.finfo(x.dtype).tiny)
+    return _Pass(z, p, hit, log_s, log_p, jnp.exp(log_p), jnp.exp(z_y), rest, valid.astype(x.dtype))
+
+
+def _outputs(f: _Pass, labels, weights):
+    num_classes = f.p.shape[-1]
+    y = jnp.clip(labels, 0, num_classes - 1)
+    pred_sum = jnp.einsum("bnc,bn->bc", f.p, f.vf)
+    tp = _segment_sum(f.vf * f.p_y, y, num_classes)
+    log1m_p = jnp.log(f.rest) - f.log_s
+    weighted = jnp.sum(f.z * weights.reshape(1, 1, -1), axis=-1) - jnp.sum(weights) * f.log_s
+    return pred_sum, tp, f.log_p, log1m_p, weighted
+
+
+@jax.custom_jvp
+def _engine(x, labels, valid, weights):
+    return _outputs(_pass(x, labels, valid), labels, weights)
+
+
+def _engine_jvp(primals, tangents):
+    x, labels, valid, weights = primals
+    dx, _, _, dw = tangents
+    f = _pass(x, labels, valid)
+    out = _outputs(f, labels, weights)
+    num_classes = x.shape[-1]
+    y = jnp.clip(labels, 0, num_classes - 1)
+    zero_pixel = jnp.zeros_like(f.log_s)
+    if isinstance(dx, SymbolicZero):
+        d_pred = jnp.zeros_like(out[0])
+        d_log_p = dot = zero_pixel
+        d_weighted = zero_pixel
+    else:
+        dot = jnp.sum(f.p * dx, axis=-1)
+        d_log_p = jnp.sum(jnp.where(f.hit, dx, 0), axis=-1) - dot
+        d_pred = jnp.sum(f.p * dx * f.vf[..., None], axis=1) - jnp.einsum(
+            "bnc,bn->bc", f.p, f.vf * dot
+        )
+        d_weighted = jnp.sum(dx * weights.reshape(1, 1, -1), axis=-1) - jnp.sum(weights) * dot
+    if not isinstance(dw, SymbolicZero):
+        d_weighted = d_weighted + jnp.einsum("bnc,c->bn", f.z, dw) - jnp.sum(dw) * f.log_s
+    d_tp = _segment_sum(f.vf * f.p_y * d_log_p, y, num_classes)
+    d_log1m = -(f.e_y / f.rest) * d_log_p
+    return out, (d_pred, d_tp, d_log_p, d_log1m, d_weighted)
+
+
+_engine.defjvp(_engine_jvp, symbolic_zeros=True)
+
+
+def softmax_terms(
+    logits: jax.Array, labels: jax.Array, valid: jax.Array, weights: jax.Array
+) -> SoftmaxTerms:
+    """The engine's terms for ``softmax(logits)`` against integer labels.
+
+    Args:
+      logits: ``(batch, *spatial, classes)`` float32 or float64 (widen half precision
+        first).
+      labels: ``(batch, *spatial)`` integer; values outside ``[0, classes)`` must be
+        excluded by ``valid``.
+      valid: ``(batch, *spatial)`` bool.
+      weights: ``(classes,)`` class weights of ``weighted_log_p``.
+
+    Returns:
+      :class:`SoftmaxTerms`.
+    """
+    batch, num_classes = logits.shape[0], logits.shape[-1]
+    spatial = logits.shape[1:-1]
+    x = logits.reshape(batch, -1, num_classes)
+    y = labels.astype(jnp.int32).reshape(batch, -1)
+    v = valid.reshape(batch, -1)
+    pred_sum, tp, log_p, log1m_p, weighted = _engine(x, y, v, weights.astype(x.dtype))
+    counts = _segment_sum(v.astype(jnp.int32), jnp.clip(y, 0, num_classes - 1), num_classes)
+    pixel = lambda a: a.reshape(batch, *spatial)
+    return SoftmaxTerms(pred_sum, tp, counts, pixel(log_p), pixel(log1m_p), pixel(weighted))
+
+
+def applies(activation: str | None, labels: jax.Array) -> bool:
+    """Whether the engine serves this call: softmax over logits with integer labels."""
+    return activation == "softmax" and _checks.is_integer_labels(labels)
+
+
+def terms_of(
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    ignore_index: int | None,
+    where: jax.Array | None,
+    class_weights: jax.Array | None,
+) -> tuple[SoftmaxTerms, jax.Array]:
+    """:func:`softmax_terms` of a loss's inputs, and the validity mask.
+
+    Every loss calls it with the same arguments for the same inputs (the class weights
+    included, which only ``weighted_log_p`` uses), so that when several losses see the
+    same logits in one ``jit`` (``dice_ce``, ``dice_focal``) XLA computes the pass once.
+    """
+    num_classes = logits.shape[-1]
+    x = _checks.widen(logits)
+    valid = _checks.valid_mask(labels, num_classes, "softmax", ignore_index, where)
+    weights = (
+        jnp.ones((num_classes,), x.dtype)
+        if class_weights is None
+        else class_weights.astype(x.dtype)
+    )
+    return softmax_terms(x, labels, valid, weights), valid
+
+
+def overlap_stats(terms: SoftmaxTerms) -> OverlapStats:
+    """:class:`~jaxseg._stats.OverlapStats` from the engine's sums."""
+    dtype = terms.tp.dtype
+    label_sum = terms.label_sum.astype(dtype)
+    # Every valid pixel has a label in [0, C) (valid_mask excludes the others).
+    total = jnp.sum(terms.label_sum, axis=-1, keepdims=True).astype(dtype)
+    return OverlapStats(
+        terms.tp,
+        terms.pred_sum - terms.tp,
+        label_sum - terms.tp,
+        jnp.broadcast_to(total, label_sum.shape),
+    )
+
+
+def label_gather(values: jax.Array, labels: jax.Array) -> jax.Array:
+    """``values[y]`` per pixel for a ``(classes,)`` vector (labels clipped into range)."""
+    return jnp.take(values, labels.astype(jnp.int32), mode="clip")
