@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-multidevice lint format bench quickstart clean
+.PHONY: demo test test-fast test-multidevice lint format bench bench-sweep quickstart clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+bench-sweep: $(STAMP)
+	$(BIN)/python -m bench.run --sweep
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .hypothesis

@@ -4,6 +4,7 @@ Usage:
     python -m bench.run                         # 3 workloads x {float32, bfloat16}
     python -m bench.run --quick                 # small shapes, smoke test (< 60 s)
     python -m bench.run --workloads 2d --dtypes float32 --repeats 30
+    python -m bench.run --sweep [--quick]       # class-count sweep (bench/sweep.py)
 
 Writes `<out>/<machine-tag>-<date>.{md,json}`, `<out>/latest.{md,json,png}`
 (with `--quick`: the same names with a `-quick` suffix, so a smoke test never
@@ -91,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="shorter calls are repeated within one timed sample (default: 20, 0 with --quick)",
     )
     parser.add_argument("--quick", action="store_true", help="small shapes, a smoke test")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="the class-count sweep of the softmax losses (bench/sweep.py) instead",
+    )
     parser.add_argument("--no-torch", action="store_true", help="skip the torch peers")
     parser.add_argument(
         "--out",
@@ -264,6 +270,12 @@ def bench_workload(
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and write the reports; returns the process exit code."""
     args = parse_args(argv)
+    if args.sweep:
+        from bench import sweep
+
+        rounds = None if "--repeats" not in (sys.argv if argv is None else argv) else args.repeats
+        dtypes = [d for d in args.dtypes.split(",") if d]
+        return sweep.main(args.quick, dtypes, args.out, not args.no_torch, rounds)
     started = time.perf_counter()
     workloads = make_workloads(
         [w for w in args.workloads.split(",") if w],

@@ -116,53 +116,64 @@ def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.
 class _Pass(NamedTuple):
     """The primal values of one pass, shared by the outputs and the tangent rule."""
 
-    z: jax.Array  # (b, n, C) x - m
+    top: jax.Array  # (b, n, 1) m = max_c x_c
     p: jax.Array  # (b, n, C) softmax
     hit: jax.Array  # (b, n, C) bool [c = y], compared in place, never stored
     log_s: jax.Array  # (b, n)
     log_p: jax.Array  # (b, n)
     p_y: jax.Array  # (b, n)
-    e_y: jax.Array  # (b, n) e^{z_y}
-    rest: jax.Array  # (b, n) sum_{c != y} e^{z_c}, floored
+    rest: jax.Array  # (b, n) sum_{c != y} p_c, floored
     vf: jax.Array  # (b, n) validity as 0/1
 
 
 def _pass(x, labels, valid) -> _Pass:
     num_classes = x.shape[-1]
-    z = x - jnp.max(x, axis=-1, keepdims=True)
-    e = jnp.exp(z)
-    s = jnp.sum(e, axis=-1)
-    log_s = jnp.log(s)
-    p = e / s[..., None]
+    # x - m is never an array of its own: each consumer recomputes it from x, so XLA
+    # stores one (b, n, C) array, p (measured on (8, 117, 117, 4) float32: a stored x - m
+    # was 1.0x the logits of temporary memory in cross_entropy).
+    top = jnp.max(x, axis=-1, keepdims=True)
+    log_s = jnp.log(jnp.sum(jnp.exp(x - top), axis=-1))
+    # exp(x - m - log s), not e / s: a second exponential that XLA fuses into each
+    # consumer of p, where a division of e would make XLA store both e and p (measured
+    # on (8, 47, 47, 117) float32: dice_ce temporary memory 2.09x the logits with e / s).
+    p = jnp.exp(x - (top + log_s[..., None]))
     y = jnp.clip(labels, 0, num_classes - 1)
     hit = y[..., None] == jnp.arange(num_classes, dtype=y.dtype).reshape(1, 1, -1)
-    z_y = jnp.take_along_axis(z, y[..., None], axis=-1)[..., 0]
-    log_p = z_y - log_s
-    rest = jnp.sum(jnp.where(hit, 0, e), axis=-1)
+    x_y = jnp.take_along_axis(x, y[..., None], axis=-1)[..., 0]
+    log_p = (x_y - top[..., 0]) - log_s
+    # 1 - p_y as the sum of the other probabilities (no cancellation as p_y -> 1), from p
+    # rather than from e: a second consumer of e would make XLA store e beside p
+    # (measured on (8, 47, 47, 117) float32: focal_loss temporary memory 2.03x the logits).
+    rest = jnp.sum(jnp.where(hit, 0, p), axis=-1)
     rest = jnp.maximum(rest, jnp.finfo(x.dtype).tiny)
-    return _Pass(z, p, hit, log_s, log_p, jnp.exp(log_p), jnp.exp(z_y), rest, valid.astype(x.dtype))
+    return _Pass(top, p, hit, log_s, log_p, jnp.exp(log_p), rest, valid.astype(x.dtype))
 
 
-def _outputs(f: _Pass, labels, weights):
+def _log_p_dot(x, f: _Pass, weights):
+    """``sum_c u_c log p_c = sum_c u_c x_c - (m + log s) sum_c u_c`` for a vector ``u``."""
+    mean_free = jnp.sum(x * weights.reshape(1, 1, -1), axis=-1)
+    return mean_free - jnp.sum(weights) * (f.top[..., 0] + f.log_s)
+
+
+def _outputs(x, f: _Pass, labels, weights):
     num_classes = f.p.shape[-1]
     y = jnp.clip(labels, 0, num_classes - 1)
     pred_sum = jnp.einsum("bnc,bn->bc", f.p, f.vf)
     tp = _segment_sum(f.vf * f.p_y, y, num_classes)
-    log1m_p = jnp.log(f.rest) - f.log_s
-    weighted = jnp.sum(f.z * weights.reshape(1, 1, -1), axis=-1) - jnp.sum(weights) * f.log_s
-    return pred_sum, tp, f.log_p, log1m_p, weighted
+    log1m_p = jnp.log(f.rest)
+    return pred_sum, tp, f.log_p, log1m_p, _log_p_dot(x, f, weights)
 
 
 @jax.custom_jvp
 def _engine(x, labels, valid, weights):
-    return _outputs(_pass(x, labels, valid), labels, weights)
+    return _outputs(x, _pass(x, labels, valid), labels, weights)
 
 
 def _engine_jvp(primals, tangents):
     x, labels, valid, weights = primals
     dx, _, _, dw = tangents
     f = _pass(x, labels, valid)
-    out = _outputs(f, labels, weights)
+    out = _outputs(x, f, labels, weights)
     num_classes = x.shape[-1]
     y = jnp.clip(labels, 0, num_classes - 1)
     zero_pixel = jnp.zeros_like(f.log_s)
@@ -178,9 +189,9 @@ def _engine_jvp(primals, tangents):
         )
         d_weighted = jnp.sum(dx * weights.reshape(1, 1, -1), axis=-1) - jnp.sum(weights) * dot
     if not isinstance(dw, SymbolicZero):
-        d_weighted = d_weighted + jnp.einsum("bnc,c->bn", f.z, dw) - jnp.sum(dw) * f.log_s
+        d_weighted = d_weighted + _log_p_dot(x, f, dw)
     d_tp = _segment_sum(f.vf * f.p_y * d_log_p, y, num_classes)
-    d_log1m = -(f.e_y / f.rest) * d_log_p
+    d_log1m = -(f.p_y / f.rest) * d_log_p
     return out, (d_pred, d_tp, d_log_p, d_log1m, d_weighted)
 
 
