@@ -67,6 +67,19 @@ scatter), ``dot`` and ``sum_c w_c dx_c`` as sums over the class axis (their tran
 are broadcasts), the second term of ``dpred`` as a matrix-vector product (its
 transpose is one too).
 
+Why a custom JVP and not a custom VJP: with a custom VJP the pass's values are explicit
+residuals that XLA must store; with the JVP rule transposed inside one ``jit`` program,
+XLA sees forward and backward together and recomputes ``p`` from ``x`` where that is
+cheaper than storing it. Measured with ``bench/engine_variants.py`` (the same formulas
+as a hand-written custom VJP), ``jit(value_and_grad)`` on about 8 MiB of float32 logits,
+interleaved in one process on a loaded 2-core machine, custom JVP time over custom VJP
+time: 0.67 (CE), 0.72 (Dice + CE) at 4 classes; 0.56, 0.78 at 19; 0.49, 0.29 at 117;
+temporary memory of ``cross_entropy`` 0.05x against 1.07x the logits at 117 classes.
+So the engine is a custom JVP, and forward-mode autodiff works on every loss built on it.
+(bfloat16 logits are widened by ``_checks.widen``, a custom VJP that rounds the
+gradient back to bfloat16 with integer operations: forward mode needs float32 or float64
+logits there.)
+
 Precision: sums accumulate in the compute dtype (float32 for float32 and bfloat16
 logits, float64 for float64).
 """

@@ -1,0 +1,96 @@
+"""The softmax engine as shipped (custom_jvp) against the same math as a custom_vjp.
+
+Usage: python -m bench.engine_variants 4,19,117 12   (class counts, interleaved rounds)
+
+Both variants share the forward pass (jaxseg._softmax._pass/_outputs); the custom_vjp
+one writes the backward formula of the module docstring by hand and saves the pass's
+values as residuals. Prints the median time of jit(value_and_grad) per loss and the XLA
+temporary memory, both variants timed in the same balanced interleaved rounds.
+"""
+
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxseg
+from jaxseg import _softmax as S
+
+
+@jax.custom_vjp
+def engine_vjp(x, labels, valid, weights):
+    return S._outputs(x, S._pass(x, labels, valid), labels, weights)
+
+
+def fwd(x, labels, valid, weights):
+    f = S._pass(x, labels, valid)
+    return S._outputs(x, f, labels, weights), (x, f, labels, weights)
+
+
+def bwd(res, g):
+    x, f, labels, weights = res
+    g_pred, g_tp, g_lp, g_l1m, g_q = g
+    C = x.shape[-1]
+    y = jnp.clip(labels, 0, C - 1)
+    g_tp_y = jnp.take_along_axis(g_tp, y, axis=1)
+    a = g_lp - (f.p_y / f.rest) * g_l1m + f.vf * f.p_y * g_tp_y
+    pg = jnp.einsum("bnc,bc->bn", f.p, g_pred)
+    W = jnp.sum(weights)
+    coef = a + W * g_q + f.vf * pg
+    dx = (
+        jnp.where(f.hit, a[..., None], 0)
+        + weights.reshape(1, 1, -1) * g_q[..., None]
+        + f.p * (f.vf[..., None] * g_pred[:, None, :] - coef[..., None])
+    )
+    dw = jnp.einsum("bnc,bn->c", x, g_q) - jnp.sum(g_q * (f.top[..., 0] + f.log_s))
+    return dx, None, None, dw
+
+
+engine_vjp.defvjp(fwd, bwd)
+orig = S._engine
+fns = {}
+for mode in ("jvp", "vjp"):
+    for name in ("cross_entropy", "dice_loss", "dice_ce", "focal_loss", "dice_focal"):
+        fns[(mode, name)] = getattr(jaxseg, name)
+for C in [int(c) for c in sys.argv[1].split(",")]:
+    side = int(round((2**18 / C) ** 0.5))
+    shape = (8, side, side, C)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape).astype(np.float32) * 2)
+    y = jnp.asarray(rng.integers(0, C, shape[:-1]).astype(np.int32))
+    comp = {}
+    for (mode, name), f in fns.items():
+        S._engine = orig if mode == "jvp" else engine_vjp
+        jax.clear_caches()
+        comp[(mode, name)] = (
+            jax.jit(jax.value_and_grad(lambda a, b, f=f: f(a, b))).lower(x, y).compile()
+        )
+    S._engine = orig
+    for c in comp.values():
+        jax.block_until_ready(c(x, y))
+    # check equal gradients
+    for name in ("dice_ce", "dice_focal"):
+        a = comp[("jvp", name)](x, y)[1]
+        b = comp[("vjp", name)](x, y)[1]
+        assert np.allclose(a, b, atol=1e-6), name
+    ts = {k: [] for k in comp}
+    keys = list(comp)
+    for r in range(int(sys.argv[2])):
+        order = keys[r // 2 % len(keys) :] + keys[: r // 2 % len(keys)]
+        if r % 2:
+            order = order[::-1]
+        for k in order:
+            t0 = time.perf_counter()
+            jax.block_until_ready(comp[k](x, y))
+            ts[k].append(time.perf_counter() - t0)
+    for name in ("cross_entropy", "dice_loss", "dice_ce", "focal_loss", "dice_focal"):
+        j, v = np.median(ts[("jvp", name)]), np.median(ts[("vjp", name)])
+        tj = comp[("jvp", name)].memory_analysis().temp_size_in_bytes / x.nbytes
+        tv = comp[("vjp", name)].memory_analysis().temp_size_in_bytes / x.nbytes
+        print(
+            f"C={C} {name}: custom_jvp {j * 1e3:.1f} ms temp {tj:.2f}x"
+            f" | custom_vjp {v * 1e3:.1f} ms temp {tv:.2f}x | time ratio {j / v:.2f}",
+            flush=True,
+        )
