@@ -104,10 +104,11 @@ def _finish(loss, valid, norm, pixel_weights, *, activation, reduction, axis_nam
     return _reduce.weighted_reduce(loss, norm.astype(loss.dtype), reduction, axis_name)
 
 
-def _engine_weights(class_weights, num_classes, dtype):
-    if class_weights is None:
-        return jnp.ones((num_classes,), dtype)
-    return class_weights.astype(dtype)
+def _label_weight(values, labels, dtype):
+    """``values[y]`` per pixel, or 1 when ``values`` is None (no gathered plane)."""
+    if values is None:
+        return jnp.ones((), dtype)
+    return _softmax.label_gather(values.astype(dtype), labels)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
@@ -134,13 +135,13 @@ def _cross_entropy(
             logits, labels, ignore_index=ignore_index, where=where, class_weights=class_weights
         )
         dtype = terms.log_p.dtype
-        weight_y = _softmax.label_gather(_engine_weights(class_weights, num_classes, dtype), labels)
+        weight_y = _label_weight(class_weights, labels, dtype)
         # -sum_c w_c yhat_c log p_c with yhat = (1 - eps) [y = c] + eps / C.
         loss = (
             -(1 - label_smoothing) * weight_y * terms.log_p
             - (label_smoothing / num_classes) * terms.weighted_log_p
         )
-        return finish(loss, valid, weight_y, pixel_weights)
+        return finish(loss, valid, jnp.broadcast_to(weight_y, loss.shape), pixel_weights)
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
     )
@@ -181,12 +182,16 @@ def _focal_loss(
             logits, labels, ignore_index=ignore_index, where=where, class_weights=class_weights
         )
         dtype = terms.log_p.dtype
-        weight_y = _softmax.label_gather(_engine_weights(class_weights, num_classes, dtype), labels)
-        alpha_y = _softmax.label_gather(_focal_alpha(alpha, num_classes, dtype), labels)
+        weight_y = _label_weight(class_weights, labels, dtype)
+        alpha_y = (
+            1
+            if alpha is None
+            else _label_weight(_focal_alpha(alpha, num_classes, dtype), labels, dtype)
+        )
         # (1 - p_y)^gamma = exp(gamma log(1 - p_y)): gamma = 0 is the cross-entropy.
         modulator = jnp.exp(gamma * terms.log1m_p)
         loss = -alpha_y * weight_y * modulator * terms.log_p
-        return finish(loss, valid, weight_y, pixel_weights)
+        return finish(loss, valid, jnp.broadcast_to(weight_y, loss.shape), pixel_weights)
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
     )
