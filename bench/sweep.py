@@ -192,6 +192,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
                 axes[1, col].plot(classes, temp, style, marker="o", label=name)
         axes[0, col].set_title(f"2D, ~8 MiB float32-equivalent logits, {dtype}")
         axes[0, col].set_ylabel("ms, forward + backward (median)")
+        axes[0, col].set_yscale("log")
         axes[1, col].set_ylabel("XLA temp memory / logits bytes")
         axes[1, col].set_xlabel("classes")
         for ax in axes[:, col]:
