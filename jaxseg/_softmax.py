@@ -12,9 +12,9 @@ weights ``w``, everything relative to the pixel's maximum ``m = max_c x_c`` (so 
 constant to all logits of a pixel changes nothing, up to offsets of 1e30):
 
 .. math::
-    z_c = x_c - m, \quad s = \sum_c e^{z_c}, \quad p_c = e^{z_c} / s, \quad
+    z_c = x_c - m, \quad s = \sum_c e^{z_c}, \quad p_c = e^{z_c - \log s}, \quad
     \log p_y = z_y - \log s, \quad
-    \log(1 - p_y) = \log \textstyle\sum_{c \ne y} e^{z_c} - \log s,
+    \log(1 - p_y) = \log \textstyle\sum_{c \ne y} p_c,
 
     q = \sum_c w_c \log p_c = \sum_c w_c z_c - W \log s \quad (W = \textstyle\sum_c w_c),
 
@@ -26,14 +26,18 @@ and per (sample, class)
     n_{bc} = \sum_{i:\, y_i = c} v_i \ (\text{int32}).
 
 ``pred`` is a matrix-vector product ``einsum("bnc,bn->bc", p, v)``: XLA's CPU backend
-runs it on its BLAS path, one read of ``p``, where a reduction over the pixel axis with
-the class axis minor is a strided loop (measured on (8, 256, 256, 19) float32: 1.6 ms
-against 5.9 ms for ``jnp.sum(p * v[..., None], axis=1)``). ``tp`` and ``n`` are segment
+runs it as a dot, one read of ``p``, where a reduction over the pixel axis with the
+class axis minor is a strided loop (measured, forward only, on 8 MiB of float32 ``p``:
+8.0 ms against 32.8 ms for ``jnp.sum(p * v[..., None], axis=1)`` at 4 classes, 0.94 vs
+0.76 ms at 19, 0.74 vs 0.90 ms at 117; its transpose in the backward pass is a dot
+too). ``tp`` and ``n`` are segment
 sums of per-pixel values indexed by the label, O(pixels) whatever the class count (a
 masked class-axis sum would be O(pixels x classes) and a float one-hot a copy of the
-logits). ``log p_y`` is a gather (``take_along_axis``) of ``z``. ``sum_{c != y}`` is its
-own masked sum (not ``s - e^{z_y}``, which cancels when ``p_y`` is close to 1) and is
+logits). ``log p_y`` is a gather (``take_along_axis``) of ``x``. ``sum_{c != y} p_c`` is
+its own masked sum (not ``1 - p_y``, which cancels when ``p_y`` is close to 1) and is
 floored at the smallest normal float: below it ``log p_y`` and its derivative are 0 too.
+Neither ``z`` nor ``e^z`` is stored: each consumer recomputes it from ``x``, and ``p`` is
+a second exponential rather than ``e^z / s`` (see :func:`_pass` for the measurements).
 XLA drops the outputs a loss does not use.
 
 Derivatives
@@ -43,7 +47,7 @@ class weights' tangent ``dw``). With the per-pixel ``dot = sum_c p_c dx_c``:
 
 .. math::
     d \log p_y = dx_y - dot, \qquad d \log(1 - p_y) = -r\, d\log p_y, \quad
-    r = e^{z_y} / \textstyle\sum_{c \ne y} e^{z_c},
+    r = p_y / \textstyle\sum_{c \ne y} p_c,
 
     dq = \sum_c w_c\, dx_c - W\, dot + \sum_c dw_c \log p_c, \qquad
     d\mathrm{pred}_{bc} = \sum_i v_i\, p_{ic} (dx_{ic} - dot_i), \qquad
