@@ -273,6 +273,7 @@ def _call(
     )
 
 
+@_checks.normalised
 def dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -368,6 +369,7 @@ def dice_loss(
     )
 
 
+@_checks.normalised
 def iou_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -429,6 +431,7 @@ def iou_loss(
 jaccard_loss = iou_loss
 
 
+@_checks.normalised(alpha=_checks.NONNEGATIVE)
 def tversky_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -565,6 +568,7 @@ def _generalized_dice_loss(
     return _reduce.weighted_reduce(loss, ones, reduction, None if batch else axis_name)
 
 
+@_checks.normalised
 def generalized_dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
