@@ -84,6 +84,10 @@ def as_array(name: str, value: Any) -> jax.Array:
     """
     if isinstance(value, jax.Array):
         return value
+    if isinstance(value, np.ndarray) and not (
+        np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_
+    ):
+        raise ArgumentTypeError(f"`{name}` must hold numbers; got dtype {value.dtype}.")
     if value is None or isinstance(value, (str, bytes, Mapping)):
         raise ArgumentTypeError(
             f"`{name}` must be an array (or a nested list of numbers); got "
@@ -177,6 +181,7 @@ def as_number(
         if optional:
             return None
         raise ArgumentTypeError(f"`{name}` must be a number; got None.")
+    original = value
     if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
         raise ArgumentTypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.")
     if not isinstance(value, (int, float, np.integer, np.floating)):
@@ -205,9 +210,9 @@ def as_number(
         wanted, ok = "be finite", np.isfinite(arr)
     if not np.all(np.isfinite(arr)):
         wanted = wanted.removeprefix("be ")
-        raise ValueError(f"`{name}` must be finite and {wanted}; got {_show(value)}.")
+        raise ValueError(f"`{name}` must be finite and {wanted}; got {_show(original)}.")
     if not np.all(ok):
-        raise ValueError(f"`{name}` must {wanted}; got {_show(value)}.")
+        raise ValueError(f"`{name}` must {wanted}; got {_show(original)}.")
     return value
 
 
