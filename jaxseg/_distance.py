@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,11 +43,13 @@ def _check_mask(mask: jax.Array, name: str) -> None:
             f"`{name}` must be a boolean array of shape (H, W) or (H, W, D); got dtype "
             f"{mask.dtype}. Pass e.g. `labels == k` for the pixels of class k."
         )
-    if mask.ndim not in (2, 3):
-        raise ValueError(
-            f"`{name}` must have 2 or 3 spatial axes, shape (H, W) or (H, W, D); got shape "
-            f"{mask.shape}. Use jax.vmap for a batch of masks."
-        )
+    chex.assert_rank(
+        mask,
+        {2, 3},
+        custom_message=f"`{name}` must have 2 or 3 spatial axes, shape (H, W) or (H, W, D); "
+        f"got shape {mask.shape}. Use jax.vmap for a batch of masks.",
+        exception_type=ValueError,
+    )
 
 
 def _is_concrete(x: Any) -> bool:

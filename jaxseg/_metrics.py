@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -110,14 +111,20 @@ def predictions_from_logits(
     """
     _checks.check_option("activation", activation, _checks.ACTIVATIONS)
     _checks.check_unit_interval("threshold", threshold)
-    logits = jnp.asarray(logits)
-    if not jnp.issubdtype(logits.dtype, jnp.floating):
-        raise ValueError(f"`logits` must be a floating array; got dtype {logits.dtype}.")
-    if not 3 <= logits.ndim <= 5 or 0 in logits.shape:
-        raise ValueError(
-            "`logits` must have shape (batch, *spatial, classes) with 1 to 3 spatial axes "
-            f"(rank 3 to 5) and no empty axis; got shape {logits.shape}."
-        )
+    logits = _checks.as_array("logits", logits)
+    chex.assert_type(
+        logits,
+        float,
+        custom_message=f"`logits` must be a floating array; got dtype {logits.dtype}.",
+        exception_type=ValueError,
+    )
+    shape_message = (
+        "`logits` must have shape (batch, *spatial, classes) with 1 to 3 spatial axes "
+        f"(rank 3 to 5) and no empty axis; got shape {logits.shape}."
+    )
+    chex.assert_rank(logits, {3, 4, 5}, custom_message=shape_message, exception_type=ValueError)
+    if 0 in logits.shape:
+        raise ValueError(shape_message)
     if activation == "softmax" and logits.shape[-1] < 2:
         raise ValueError(
             "`activation='softmax'` needs at least 2 classes on the last axis of `logits`; "

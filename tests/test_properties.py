@@ -795,7 +795,12 @@ def test_every_combinator_against_the_float64_reference(kind, seed, weights, edg
         got, want = fn(logits.tolist(), labels), -np.log(max(1 - dice, 1e-3))
     elif kind == "deep_supervision":
         low = logits[:, ::2, ::2]
-        low_labels = labels[:, 1::2, 1::2]  # nearest-exact for a factor 2: y[f//2::f]
+        # Nearest-exact (pixel centres aligned): source index floor((2i + 1) n / 2m).
+        rows, cols = (
+            (2 * np.arange(m) + 1) * n // (2 * m)
+            for n, m in zip(labels.shape[1:], low.shape[1:3], strict=True)
+        )
+        low_labels = labels[:, rows][:, :, cols]
         got = fn([logits, low], labels)
         want = 0.7 * (dice + ce) + 0.3 * (
             ref.overlap_loss("dice", low, low_labels) + ref.cross_entropy(low, low_labels)
