@@ -1,35 +1,413 @@
 """Validation and normalisation of inputs: the bottom layer under every loss and metric.
 
-Everything here runs at trace time on static information (shapes, dtypes, Python
-option values) and raises ``ValueError`` with the argument's name, the shape or value
-it got and what was expected. Value problems that only exist at run time (labels out
-of range, non-finite logits) cannot raise inside ``jit``; :func:`validate_values`
-expresses them as ``checkify`` checks for the checked mode (:func:`jaxseg.checked`).
+Three parts:
+
+- :func:`normalised`, the one input-normalisation step of every public entry point: a
+  decorator that turns array arguments given as Python lists, tuples, scalars or NumPy
+  arrays into JAX arrays once, and checks the type and range of every option by its
+  name (:data:`RULES`), with an error that names the argument.
+- Trace-time checks of shapes, ranks and dtypes, written as chex assertions
+  (``exception_type=ValueError`` and a message that names the argument, the shape it
+  got and the shape expected); they cost nothing under ``jit``.
+- Value problems that only exist at run time (labels out of range, non-finite logits)
+  cannot raise inside ``jit``; :func:`validate_values` expresses them as ``checkify``
+  checks for the checked mode (:func:`checked`).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import linear_call
 from jax.experimental import checkify
 
 ACTIVATIONS = ("softmax", "sigmoid", None)
 REDUCTIONS = ("mean", "sum", "none")
 
 
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a string for a number, a float for an int, ...).
+
+    Both a ``TypeError`` and a ``ValueError``: code that catches either keeps working.
+    """
+
+
 def _shape(x: Any) -> tuple[int, ...]:
     return tuple(np.shape(x))
 
 
+def _is_tracer(x: Any) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _show(value: Any) -> str:
+    """A short description of ``value`` for a message: its repr when small, else a summary."""
+    if isinstance(value, (list, tuple)) and _count_leaves(value, 17) > 16:
+        return f"a {type(value).__name__} of shape {np.shape(value)}"
+    if isinstance(value, (np.ndarray, jax.Array)) and not _is_tracer(value) and value.size > 16:
+        arr = np.asarray(value, dtype=np.float64)
+        return f"an array of shape {arr.shape} with entries in [{arr.min()}, {arr.max()}]"
+    return repr(value)
+
+
+def _count_leaves(value: Any, limit: int) -> int:
+    """The number of scalars in a nested list, counting up to ``limit``."""
+    count = 0
+    stack = [value]
+    while stack and count < limit:
+        item = stack.pop()
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        else:
+            count += 1
+    return count
+
+
+# --------------------------------------------------------------------------------------
+# The normaliser: arrays once, options by name.
+
+
+def as_array(name: str, value: Any) -> jax.Array:
+    """``value`` as a JAX array, or an error naming ``name`` (never the whole value).
+
+    JAX arrays (and tracers) pass unchanged; NumPy arrays and scalars, Python scalars,
+    and (nested) lists and tuples of numbers or arrays are converted with
+    ``jnp.asarray``. Anything else (None, strings, ragged or non-numeric lists) raises
+    :class:`ArgumentTypeError`.
+    """
+    if isinstance(value, jax.Array):
+        return value
+    if isinstance(value, np.ndarray) and not (
+        np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_
+    ):
+        raise ArgumentTypeError(f"`{name}` must hold numbers; got dtype {value.dtype}.")
+    if value is None or isinstance(value, (str, bytes, Mapping)):
+        raise ArgumentTypeError(
+            f"`{name}` must be an array (or a nested list of numbers); got "
+            f"{type(value).__name__}{'' if value is None else ' ' + _show(value)}."
+        )
+    try:
+        array = jnp.asarray(value)
+    except (TypeError, ValueError, OverflowError):
+        what = type(value).__name__
+        raise ArgumentTypeError(
+            f"`{name}` must be an array, or a nested list of numbers of one rectangular "
+            f"shape; got a {what} that cannot be converted (ragged, or with entries that "
+            "are not numbers)."
+        ) from None
+    if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+        raise ArgumentTypeError(f"`{name}` must hold numbers; got dtype {array.dtype}.")
+    return array
+
+
+def as_optional_array(name: str, value: Any) -> jax.Array | None:
+    """:func:`as_array`, with None kept as None."""
+    return None if value is None else as_array(name, value)
+
+
+def as_array_or_arrays(name: str, value: Any) -> Any:
+    """One array, or a list/tuple of arrays (the outputs of several scales) as a tuple.
+
+    A list or tuple whose entries are all arrays (JAX or NumPy) is kept as a tuple of
+    arrays, each converted; anything else is converted as one array.
+    """
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(v, (jax.Array, np.ndarray)) for v in value)
+    ):
+        return tuple(as_array(f"{name}[{i}]", v) for i, v in enumerate(value))
+    return as_array(name, value)
+
+
+def as_scales(name: str, value: Any) -> tuple[jax.Array, ...]:
+    """A list or tuple of arrays, one per output scale, each converted by :func:`as_array`."""
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(
+            f"`{name}` must be a non-empty list or tuple of arrays, one per output scale, "
+            f"the first at full resolution; got {type(value).__name__}."
+        )
+    return tuple(as_array(f"{name}[{i}]", v) for i, v in enumerate(value))
+
+
+def as_int(name: str, value: Any, *, optional: bool = False) -> int | None:
+    """A Python int (NumPy integers accepted); bools and floats raise."""
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(
+            f"`{name}` must be an int{' or None' if optional else ''}; got "
+            f"{type(value).__name__} {value!r}."
+        )
+    return int(value)
+
+
+def as_bool(name: str, value: Any) -> bool:
+    """A Python bool (NumPy bools accepted); anything else raises."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ArgumentTypeError(
+            f"`{name}` must be a bool (True or False); got {type(value).__name__} {value!r}."
+        )
+    return bool(value)
+
+
+def as_number(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    per_class: bool = False,
+    optional: bool = False,
+) -> Any:
+    """A real number option, checked: type, shape, finiteness and range.
+
+    Python numbers are kept as they are (a ``jit`` argument traces them); NumPy values,
+    lists and tuples become arrays. Strings, bools, None (unless ``optional``) and
+    non-numeric arrays raise :class:`ArgumentTypeError`; a shape other than a scalar
+    (or, with ``per_class``, any shape: the caller checks it against the class count),
+    a non-finite entry or an entry outside the range raise ``ValueError``. Traced values
+    are checked for type and shape only.
+    """
+    if value is None:
+        if optional:
+            return None
+        raise ArgumentTypeError(f"`{name}` must be a number; got None.")
+    original = value
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise ArgumentTypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.")
+    if not isinstance(value, (int, float, np.integer, np.floating)):
+        if not isinstance(value, (jax.Array, np.ndarray)):
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError):
+                value = np.asarray(None, dtype=object)
+        dtype = value.dtype
+        if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+            raise ArgumentTypeError(
+                f"`{name}` must be a real number or an array of real numbers; got "
+                f"{type(value).__name__ if dtype == np.dtype(object) else f'dtype {dtype}'}."
+            )
+        if not per_class and np.ndim(value) != 0:
+            raise ValueError(f"`{name}` must be a scalar; got shape {np.shape(value)}.")
+    if _is_tracer(value):
+        return value
+    arr = np.asarray(value, dtype=np.float64)
+    if low is not None and high is not None:
+        wanted, ok = f"lie in [{low:g}, {high:g}]", (arr >= low) & (arr <= high)
+    elif low is not None:
+        wanted = f"be {'>' if low_open else '>='} {low:g}"
+        ok = arr > low if low_open else arr >= low
+    else:
+        wanted, ok = "be finite", np.isfinite(arr)
+    if not np.all(np.isfinite(arr)):
+        wanted = wanted.removeprefix("be ")
+        raise ValueError(f"`{name}` must be finite and {wanted}; got {_show(original)}.")
+    if not np.all(ok):
+        raise ValueError(f"`{name}` must {wanted}; got {_show(original)}.")
+    return value
+
+
+Rule = Callable[[str, Any], Any]
+
+
+def number(**bounds: Any) -> Rule:
+    """A rule for a real-number option: :func:`as_number` with these ``bounds``."""
+    return lambda name, value: as_number(name, value, **bounds)
+
+
+def _optional_int(name: str, value: Any) -> int | None:
+    return as_int(name, value, optional=True)
+
+
+def _num_classes(name: str, value: Any) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ArgumentTypeError(f"`{name}` must be a Python int; got {value!r}.")
+    return int(value)
+
+
+def _scales_or_array(name: str, value: Any) -> Any:
+    return as_array_or_arrays(name, value)
+
+
+NONNEGATIVE = number(low=0)
+NONNEGATIVE_PER_CLASS = number(low=0, per_class=True, optional=True)
+UNIT_INTERVAL = number(low=0, high=1)
+
+#: The rule of each argument name, applied by :func:`normalised` to the arguments a
+#: caller passes (defaults are trusted). A rule maps ``(name, value)`` to the normalised
+#: value or raises an error naming the argument. Names absent here pass unchanged
+#: (their values are checked by the function, e.g. ``check_option`` for strings).
+RULES: dict[str, Rule] = {
+    # Arrays.
+    "logits": as_array,
+    "labels": as_array,
+    "predictions": as_array,
+    "mask": as_array,
+    "where": as_optional_array,
+    "class_weights": NONNEGATIVE_PER_CLASS,
+    "pos_weight": NONNEGATIVE_PER_CLASS,
+    # Real-number options (traced: never recompilation keys).
+    "smooth_nr": NONNEGATIVE,
+    "smooth_dr": NONNEGATIVE,
+    "alpha": number(low=0, per_class=True, optional=True),
+    "beta": NONNEGATIVE,
+    "gamma": NONNEGATIVE,
+    "label_smoothing": UNIT_INTERVAL,
+    "eps": number(low=0, low_open=True),
+    "threshold": UNIT_INTERVAL,
+    "percentile": number(low=0, high=100, optional=True),
+    "tolerance": number(low=0, per_class=True),
+    "spacing": number(low=0, low_open=True, per_class=True, optional=True),
+    # Static options.
+    "ignore_index": _optional_int,
+    "num_classes": _num_classes,
+    "include_background": as_bool,
+    "batch": as_bool,
+    "squared": as_bool,
+    "soft_label": as_bool,
+    "per_image": as_bool,
+    "directed": as_bool,
+    "ignore_empty": as_bool,
+    "return_components": as_bool,
+}
+#: Rules for every argument whose name starts with a prefix (the compound losses' term
+#: weights ``lambda_dice``, ``lambda_ce``, ...).
+PREFIX_RULES: dict[str, Rule] = {"lambda_": NONNEGATIVE}
+
+
+def rule_for(name: str) -> Rule | None:
+    """The rule of an argument name (:data:`RULES`, then :data:`PREFIX_RULES`), or None."""
+    if name in RULES:
+        return RULES[name]
+    for prefix, rule in PREFIX_RULES.items():
+        if name.startswith(prefix):
+            return rule
+    return None
+
+
+def normalise_arguments(
+    arguments: Mapping[str, Any], rules: Mapping[str, Rule | None] | None = None
+) -> dict[str, Any]:
+    """Applies the rule of each name in ``arguments`` (``rules`` first, then :data:`RULES`).
+
+    Returns a new dict; names without a rule keep their value. A rule given as None in
+    ``rules`` switches the default rule of that name off.
+    """
+    rules = rules or {}
+    out = {}
+    for name, value in arguments.items():
+        rule = rules[name] if name in rules else rule_for(name)
+        out[name] = value if rule is None else rule(name, value)
+    return out
+
+
+class ForwardModeError(TypeError):
+    """Forward-mode autodiff reached a kernel that has a custom VJP and no JVP rule."""
+
+
+_CUSTOM_VJP_JVP = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
+
+
+def forward_mode_error(name: str) -> ForwardModeError:
+    """The error raised when forward-mode autodiff meets a custom-VJP kernel in ``name``."""
+    return ForwardModeError(
+        f"`{name}`: forward-mode autodiff (jax.jvp, jax.jacfwd, jax.linearize) reached a "
+        "custom-VJP kernel, which has no forward-mode rule. Such kernels serve the fused "
+        "softmax path: activation='softmax' with integer labels (the Dice family and "
+        "cross-entropy with at most 4 classes, the focal loss with any number). Ways "
+        "around it: reverse mode (jax.grad, jax.vjp, jax.jacrev; Hessians and "
+        "Hessian-vector products as jax.hessian or jax.jvp(jax.grad(f)) work), or dense "
+        "one-hot labels, jax.nn.one_hot(labels, num_classes) (exclude pixels with "
+        "`where`), which take the generic path and support forward mode. See "
+        "docs/robustness.md."
+    )
+
+
+def normalised(fn: Callable | None = None, /, **rules: Rule | None) -> Callable:
+    """Decorator: the one input-normalisation step of a public entry point.
+
+    ``@normalised`` (or ``@normalised(name=rule, ...)`` to override or, with None,
+    switch off the rule of some names) wraps ``fn`` so that each call:
+
+    1. binds the arguments to ``fn``'s signature (a wrong call raises the usual
+       ``TypeError``);
+    2. applies to every argument the caller passed (defaults are trusted), including the
+       entries of a ``**options`` parameter, the rule of its name: ``rules`` given here,
+       else :data:`RULES` / :data:`PREFIX_RULES`. Array arguments (``logits``,
+       ``labels``, ``predictions``, ``mask``, ``where``) become JAX arrays once (lists,
+       tuples, NumPy arrays and scalars), with an error naming the argument when they
+       cannot; number options are checked for type (numbers, not strings or bools),
+       shape (scalars unless per class), finiteness and range; ints (``ignore_index``,
+       ``num_classes``) and bools are checked for type (a bool is not an int);
+    3. calls ``fn`` with the normalised arguments, and turns JAX's bare "can't apply
+       forward-mode autodiff (jvp) to a custom_vjp function" into a
+       :class:`ForwardModeError` naming ``fn``, the cause and the ways around it.
+
+    Shapes and dtypes are then checked by ``fn`` itself (chex assertions such as
+    :func:`check_logits_labels`). The wrapper keeps ``fn``'s name, docstring and
+    signature (``inspect.signature`` follows ``__wrapped__``), so option routing by
+    signature (:mod:`jaxseg._combinators`) and the checked mode see ``fn``'s options.
+
+    To apply it to a new public function: put ``@_checks.normalised`` above its
+    ``def``; name its arguments as the library does (``logits``, ``labels``, ``where``,
+    ``class_weights``, ``smooth_nr``, ...) and they get the library's rules; add a rule
+    to :data:`RULES` for a new option name, or pass one here, e.g.
+    ``@_checks.normalised(alpha=_checks.number(low=0, high=1, per_class=True,
+    optional=True))``.
+    """
+    if fn is None:
+        return functools.partial(normalised, **rules)
+    signature = inspect.signature(fn)
+    var_keyword = next(
+        (p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None
+    )
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        arguments = bound.arguments
+        extra = arguments.pop(var_keyword, None) if var_keyword else None
+        arguments.update(normalise_arguments(arguments, rules))
+        if extra:
+            arguments[var_keyword] = normalise_arguments(extra, rules)
+        try:
+            return fn(*bound.args, **bound.kwargs)
+        except ForwardModeError:
+            raise
+        except TypeError as error:
+            if _CUSTOM_VJP_JVP in str(error):
+                raise forward_mode_error(wrapper.__name__) from error
+            raise
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------------------
+# Trace-time checks of shapes, ranks and dtypes (chex assertions).
+
+
+def _assert(assertion: Callable[..., None], *args: Any, message: str, **kwargs: Any) -> None:
+    """A chex assertion raising ``ValueError`` with ``message`` (which names the argument)."""
+    assertion(*args, **kwargs, custom_message=message, exception_type=ValueError)
+
+
 def check_option(name: str, value: Any, allowed: Sequence[Any]) -> None:
     """Raises if ``value`` is not one of ``allowed``."""
-    if value not in allowed:
-        raise ValueError(f"`{name}` must be one of {tuple(allowed)!r}; got {value!r}.")
+    try:
+        ok = value in allowed
+    except TypeError:  # an unhashable value compared with a tuple of strings
+        ok = False
+    if not ok or isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be one of {tuple(allowed)!r}; got {_show(value)}.")
 
 
 def check_nonnegative(name: str, value: Any) -> None:
@@ -37,20 +415,20 @@ def check_nonnegative(name: str, value: Any) -> None:
 
     Traced values cannot be inspected and are accepted as they are.
     """
-    if value is None or isinstance(value, jax.core.Tracer):
+    if value is None or _is_tracer(value):
         return
     arr = np.asarray(value, dtype=np.float64)
     if np.any(np.isnan(arr)) or np.any(arr < 0):
-        raise ValueError(f"`{name}` must be >= 0; got {value!r}.")
+        raise ValueError(f"`{name}` must be >= 0; got {_show(value)}.")
 
 
 def check_unit_interval(name: str, value: Any) -> None:
     """Raises if a concrete ``value`` lies outside [0, 1]."""
-    if value is None or isinstance(value, jax.core.Tracer):
+    if value is None or _is_tracer(value):
         return
     arr = np.asarray(value, dtype=np.float64)
     if np.any(np.isnan(arr)) or np.any(arr < 0) or np.any(arr > 1):
-        raise ValueError(f"`{name}` must lie in [0, 1]; got {value!r}.")
+        raise ValueError(f"`{name}` must lie in [0, 1]; got {_show(value)}.")
 
 
 def is_integer_labels(labels: Any) -> bool:
@@ -64,34 +442,205 @@ def compute_dtype(dtype: Any) -> Any:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+def check_per_class(name: str, value: Any, num_classes: int) -> None:
+    """Raises if ``value`` is neither a scalar nor a vector of ``num_classes`` entries."""
+    if value is None:
+        return
+    shape = _shape(value)
+    if shape not in ((), (num_classes,)):
+        raise ValueError(
+            f"`{name}` must be a scalar or have shape ({num_classes},), one entry per "
+            f"class; got shape {shape}."
+        )
+
+
+def check_num_classes(num_classes: Any, include_background: bool = True) -> None:
+    """Raises unless ``num_classes`` is a Python int, at least 2 without background."""
+    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, (bool, np.bool_)):
+        raise ValueError(f"`num_classes` must be a Python int; got {num_classes!r}.")
+    minimum = 1 if include_background else 2
+    if num_classes < minimum:
+        raise ValueError(
+            f"`num_classes` must be >= {minimum} with include_background="
+            f"{include_background}; got {num_classes}."
+        )
+
+
+def check_class_weights(class_weights: Any, num_classes: int) -> None:
+    """Raises unless ``class_weights`` is None or a non-negative ``(num_classes,)`` vector."""
+    if class_weights is None:
+        return
+    _assert(
+        chex.assert_shape,
+        class_weights,
+        (num_classes,),
+        message=f"`class_weights` must have shape ({num_classes},), one weight per class "
+        f"(background included); got shape {_shape(class_weights)}.",
+    )
+    check_nonnegative("class_weights", class_weights)
+
+
+def check_logits_labels(
+    logits: Any,
+    labels: Any,
+    *,
+    activation: str | None,
+    ignore_index: int | None,
+    where: Any,
+) -> None:
+    """Static checks shared by every loss taking ``(logits, labels)`` (chex assertions).
+
+    Args:
+      logits: ``(batch, *spatial, classes)`` floating array, 1 to 3 spatial axes.
+      labels: integer ``(batch, *spatial)`` or floating ``(batch, *spatial, classes)``.
+      activation: ``"softmax"``, ``"sigmoid"`` or ``None``.
+      ignore_index: only with integer labels.
+      where: ``None`` or a boolean ``(batch, *spatial)`` array.
+    """
+    check_option("activation", activation, ACTIVATIONS)
+    logits = as_array("logits", logits)
+    labels = as_array("labels", labels)
+    shape = logits.shape
+    _assert(
+        chex.assert_type,
+        logits,
+        float,
+        message="`logits` must be a floating array (float32, bfloat16, float16 or "
+        f"float64); got dtype {logits.dtype}.",
+    )
+    _assert(
+        chex.assert_rank,
+        logits,
+        {3, 4, 5},
+        message="`logits` must have shape (batch, *spatial, classes) with 1 to 3 spatial "
+        f"axes (rank 3 to 5); got shape {shape} (rank {len(shape)}).",
+    )
+    num_classes = shape[-1]
+    if 0 in shape:
+        raise ValueError(f"`logits` must not have an empty axis; got shape {shape}.")
+    if activation == "softmax" and num_classes < 2:
+        raise ValueError(
+            "`activation='softmax'` needs at least 2 classes on the last axis of "
+            f"`logits`; got shape {shape}. Use activation='sigmoid' for one channel."
+        )
+    label_shape = labels.shape
+    if is_integer_labels(labels):
+        _assert(
+            chex.assert_shape,
+            labels,
+            shape[:-1],
+            message=f"integer `labels` must have shape {shape[:-1]} (the shape of `logits` "
+            f"without its class axis); got shape {label_shape}.",
+        )
+    elif jnp.issubdtype(labels.dtype, jnp.floating):
+        hint = ""
+        if label_shape[:-1] == shape[:-1]:
+            hint = f" ({label_shape[-1]} classes in `labels`, {num_classes} in `logits`)"
+        elif label_shape == shape[:-1]:
+            hint = " (class indices must have an integer dtype)"
+        _assert(
+            chex.assert_shape,
+            labels,
+            shape,
+            message=f"dense `labels` must have the shape of `logits`, {shape}; got shape "
+            f"{label_shape}{hint}.",
+        )
+        if ignore_index is not None:
+            raise ValueError(
+                "`ignore_index` needs integer class-index labels; got dense labels of "
+                f"shape {label_shape}. Use `where` to exclude pixels of dense labels."
+            )
+    else:
+        raise ValueError(f"`labels` must be integer or floating; got dtype {labels.dtype}.")
+    if ignore_index is not None and (
+        not isinstance(ignore_index, (int, np.integer))
+        or isinstance(ignore_index, (bool, np.bool_))
+    ):
+        raise ValueError(f"`ignore_index` must be an int or None; got {ignore_index!r}.")
+    check_where(where, shape[:-1])
+
+
+def check_where(where: Any, expected: tuple[int, ...]) -> None:
+    """Raises unless ``where`` is None or a boolean array of shape ``expected``."""
+    if where is None:
+        return
+    where = as_array("where", where)
+    _assert(
+        chex.assert_type,
+        where,
+        bool,
+        message=f"`where` must be a boolean array of shape {expected}; got dtype {where.dtype}.",
+    )
+    _assert(
+        chex.assert_shape,
+        where,
+        expected,
+        message=f"`where` must have shape {expected}; got shape {where.shape}.",
+    )
+
+
+def check_class_maps(predictions: jax.Array, labels: jax.Array, *, ranks: Sequence[int]) -> None:
+    """Chex checks of two integer class maps of one shape (``(batch, *spatial)``)."""
+    spatial = f"{min(ranks) - 1} to {max(ranks) - 1}"
+    for name, x in (("predictions", predictions), ("labels", labels)):
+        if not is_integer_labels(x):
+            raise ValueError(
+                f"`{name}` must be an integer (or boolean) class map of shape "
+                f"(batch, *spatial); got dtype {x.dtype}. Turn logits into a class map "
+                "with jaxseg.metrics.predictions_from_logits(logits)."
+            )
+        _assert(
+            chex.assert_rank,
+            x,
+            set(ranks),
+            message=f"`{name}` must have shape (batch, *spatial) with {spatial} spatial "
+            f"axes (rank {min(ranks)} to {max(ranks)}); got shape {x.shape} (rank {x.ndim}).",
+        )
+    _assert(
+        chex.assert_equal_shape,
+        [predictions, labels],
+        message=f"`predictions` and `labels` must have the same shape; got "
+        f"{predictions.shape} for `predictions` and {labels.shape} for `labels`.",
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Half precision.
+
+
 def widen(x: jax.Array) -> jax.Array:
     """``x`` in its compute dtype, for the fused (custom-VJP) paths and compound losses.
 
     For bfloat16 the gradient is rounded back to bfloat16 (round to nearest even, as
     ``astype``) with integer operations: XLA's CPU backend compiles the float32 to
     bfloat16 conversion into scalar code inside large loops (measured: bfloat16
-    ``dice_ce`` 23 ms with ``astype``, 6 ms with this). It is a custom VJP, so
-    forward-mode autodiff of these paths needs float32 or float64 logits.
+    ``dice_ce`` 23 ms with ``astype``, 6 ms with this). The widening is a
+    ``custom_jvp`` whose tangent map is a ``linear_call`` (the tangent's ``astype``,
+    with this rounding as its transpose), so forward-mode autodiff works through it as
+    well as reverse mode.
     """
     if x.dtype == jnp.bfloat16:
         return _widen_bfloat16(x)
     return x.astype(compute_dtype(x.dtype))
 
 
-@jax.custom_vjp
+def _to_float32(_, t: jax.Array) -> jax.Array:
+    return t.astype(jnp.float32)
+
+
+def _round_cotangent(_, g: jax.Array) -> jax.Array:
+    return round_to_bfloat16(g)
+
+
+@jax.custom_jvp
 def _widen_bfloat16(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32)
 
 
-def _widen_bfloat16_fwd(x):
-    return _widen_bfloat16(x), None
-
-
-def _widen_bfloat16_bwd(_, g):
-    return (round_to_bfloat16(g),)
-
-
-_widen_bfloat16.defvjp(_widen_bfloat16_fwd, _widen_bfloat16_bwd)
+@_widen_bfloat16.defjvp
+def _widen_bfloat16_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return _widen_bfloat16(x), linear_call(_to_float32, _round_cotangent, (), t)
 
 
 def round_to_bfloat16(x: jax.Array) -> jax.Array:
@@ -109,124 +658,8 @@ def round_to_bfloat16(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(rounded.astype(jnp.uint16), jnp.bfloat16)
 
 
-def check_per_class(name: str, value: Any, num_classes: int) -> None:
-    """Raises if ``value`` is neither a scalar nor a vector of ``num_classes`` entries."""
-    if value is None:
-        return
-    shape = _shape(value)
-    if shape not in ((), (num_classes,)):
-        raise ValueError(
-            f"`{name}` must be a scalar or have shape ({num_classes},), one entry per "
-            f"class; got shape {shape}."
-        )
-
-
-def check_num_classes(num_classes: Any, include_background: bool = True) -> None:
-    """Raises unless ``num_classes`` is a Python int, at least 2 without background."""
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
-        raise ValueError(f"`num_classes` must be a Python int; got {num_classes!r}.")
-    minimum = 1 if include_background else 2
-    if num_classes < minimum:
-        raise ValueError(
-            f"`num_classes` must be >= {minimum} with include_background="
-            f"{include_background}; got {num_classes}."
-        )
-
-
-def check_class_weights(class_weights: Any, num_classes: int) -> None:
-    """Raises unless ``class_weights`` is None or a non-negative ``(num_classes,)`` vector."""
-    if class_weights is None:
-        return
-    shape = _shape(class_weights)
-    if shape != (num_classes,):
-        raise ValueError(
-            f"`class_weights` must have shape ({num_classes},), one weight per class "
-            f"(background included); got shape {shape}."
-        )
-    check_nonnegative("class_weights", class_weights)
-
-
-def check_logits_labels(
-    logits: Any,
-    labels: Any,
-    *,
-    activation: str | None,
-    ignore_index: int | None,
-    where: Any,
-) -> None:
-    """Static checks shared by every loss taking ``(logits, labels)``.
-
-    Args:
-      logits: ``(batch, *spatial, classes)`` floating array, 1 to 3 spatial axes.
-      labels: integer ``(batch, *spatial)`` or floating ``(batch, *spatial, classes)``.
-      activation: ``"softmax"``, ``"sigmoid"`` or ``None``.
-      ignore_index: only with integer labels.
-      where: ``None`` or a boolean ``(batch, *spatial)`` array.
-    """
-    check_option("activation", activation, ACTIVATIONS)
-    shape = _shape(logits)
-    dtype = jnp.result_type(logits)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(
-            f"`logits` must be a floating array (float32, bfloat16, float16 or float64); "
-            f"got dtype {dtype}."
-        )
-    if not 3 <= len(shape) <= 5:
-        raise ValueError(
-            "`logits` must have shape (batch, *spatial, classes) with 1 to 3 spatial "
-            f"axes (rank 3 to 5); got shape {shape} (rank {len(shape)})."
-        )
-    num_classes = shape[-1]
-    if num_classes < 1 or 0 in shape:
-        raise ValueError(f"`logits` must not have an empty axis; got shape {shape}.")
-    if activation == "softmax" and num_classes < 2:
-        raise ValueError(
-            "`activation='softmax'` needs at least 2 classes on the last axis of "
-            f"`logits`; got shape {shape}. Use activation='sigmoid' for one channel."
-        )
-    label_shape = _shape(labels)
-    if is_integer_labels(labels):
-        if label_shape != shape[:-1]:
-            raise ValueError(
-                f"integer `labels` must have shape {shape[:-1]} (the shape of `logits` "
-                f"without its class axis); got shape {label_shape}."
-            )
-    elif jnp.issubdtype(jnp.result_type(labels), jnp.floating):
-        if label_shape != shape:
-            hint = ""
-            if label_shape[:-1] == shape[:-1]:
-                hint = f" ({label_shape[-1]} classes in `labels`, {num_classes} in `logits`)"
-            elif label_shape == shape[:-1]:
-                hint = " (class indices must have an integer dtype)"
-            raise ValueError(
-                f"dense `labels` must have the shape of `logits`, {shape}; got shape "
-                f"{label_shape}{hint}."
-            )
-        if ignore_index is not None:
-            raise ValueError(
-                "`ignore_index` needs integer class-index labels; got dense labels of "
-                f"shape {label_shape}. Use `where` to exclude pixels of dense labels."
-            )
-    else:
-        raise ValueError(
-            f"`labels` must be integer or floating; got dtype {jnp.result_type(labels)}."
-        )
-    if ignore_index is not None and not isinstance(ignore_index, (int, np.integer)):
-        raise ValueError(f"`ignore_index` must be an int or None; got {ignore_index!r}.")
-    check_where(where, shape[:-1])
-
-
-def check_where(where: Any, expected: tuple[int, ...]) -> None:
-    """Raises unless ``where`` is None or a boolean array of shape ``expected``."""
-    if where is None:
-        return
-    if jnp.result_type(where) != jnp.bool_:
-        raise ValueError(
-            f"`where` must be a boolean array of shape {expected}; got dtype "
-            f"{jnp.result_type(where)}."
-        )
-    if _shape(where) != expected:
-        raise ValueError(f"`where` must have shape {expected}; got shape {_shape(where)}.")
+# --------------------------------------------------------------------------------------
+# Labels: values, range, validity.
 
 
 def label_values(num_channels: int, activation: str | None) -> np.ndarray:
@@ -243,6 +676,48 @@ def label_values(num_channels: int, activation: str | None) -> np.ndarray:
 def num_label_values(num_channels: int, activation: str | None) -> int:
     """How many integer label values are valid: 2 for a binary channel, else ``C``."""
     return 2 if (num_channels == 1 and activation != "softmax") else num_channels
+
+
+def labels_in_range(labels: jax.Array, n: int) -> jax.Array:
+    """``0 <= labels < n``, compared in the labels' own dtype (no wrapping cast).
+
+    Integer labels of any width (int8 to int64, unsigned, bool) are compared without a
+    cast to int32 first, which would map the int64 label ``2**32 + 1`` to the valid
+    class 1. The two bounds are one unsigned comparison of the same width: XLA's CPU
+    backend recomputes one comparison against a constant inside each loop that reads
+    it, but computes the ``and`` of two once and stores it (measured: the fused
+    dice_ce pass on (8, 256, 256, 4) then needs a 0.5 MiB mask more temporary memory).
+    """
+    if labels.dtype == jnp.bool_:
+        return jnp.ones(labels.shape, jnp.bool_) if n >= 2 else ~labels
+    bits = jnp.iinfo(labels.dtype).bits
+    unsigned = jnp.dtype(f"uint{bits}")
+    if n > jnp.iinfo(unsigned).max:  # every non-negative value of the dtype is in range
+        if jnp.issubdtype(labels.dtype, jnp.unsignedinteger):
+            return jnp.ones(labels.shape, jnp.bool_)
+        return labels >= 0
+    return labels.astype(unsigned) < np.array(n, unsigned)
+
+
+def labels_equal(labels: jax.Array, value: int) -> jax.Array:
+    """``labels == value`` in the labels' own dtype; all False if the dtype cannot hold it."""
+    if labels.dtype == jnp.bool_:
+        return labels == bool(value) if value in (0, 1) else jnp.zeros(labels.shape, jnp.bool_)
+    info = jnp.iinfo(labels.dtype)
+    if not info.min <= value <= info.max:
+        return jnp.zeros(labels.shape, jnp.bool_)
+    return labels == np.array(value, labels.dtype)
+
+
+def class_map_int32(x: jax.Array, num_classes: int) -> jax.Array:
+    """An integer class map as int32, values outside ``[0, num_classes)`` mapped to -1.
+
+    Only 64-bit maps need the mapping (a cast would wrap ``2**32 + 1`` to 1); narrower
+    ones are cast as they are (their out-of-range values stay out of range).
+    """
+    if x.dtype != jnp.bool_ and jnp.iinfo(x.dtype).bits > 32:
+        x = jnp.where(labels_in_range(x, num_classes), x, -1)
+    return x.astype(jnp.int32)
 
 
 class Prepared(NamedTuple):
@@ -273,17 +748,13 @@ def valid_mask(
 
     A pixel is excluded when ``where`` is False there, when its integer label equals
     ``ignore_index``, or when its integer label is out of range (such labels cannot
-    raise inside ``jit``; the checked mode reports them).
+    raise inside ``jit``; the checked mode reports them). Labels are compared in their
+    own dtype (:func:`labels_in_range`), so a later int32 cast only sees valid labels.
     """
     if is_integer_labels(labels):
-        labels = labels.astype(jnp.int32)
-        # 0 <= label < n as one unsigned comparison: XLA's CPU backend recomputes one
-        # comparison against a constant inside each loop that reads it, but computes the
-        # ``and`` of two once and stores it (measured: the fused dice_ce pass on
-        # (8, 256, 256, 4) then needs a 0.5 MiB mask more temporary memory).
-        valid = labels.astype(jnp.uint32) < num_label_values(num_channels, activation)
+        valid = labels_in_range(labels, num_label_values(num_channels, activation))
         if ignore_index is not None:
-            valid &= labels != ignore_index
+            valid &= ~labels_equal(labels, ignore_index)
     else:
         valid = jnp.ones(labels.shape[:-1], dtype=jnp.bool_)
     if where is not None:
@@ -317,6 +788,28 @@ def prepare(
     return Prepared(probs, labels, valid, jnp.asarray(label_values(num_channels, activation)))
 
 
+# --------------------------------------------------------------------------------------
+# Value checks and the checked mode.
+
+
+def _check_labels_in_range(
+    labels: jax.Array, n_values: int, ignore_index: int | None, name: str = "labels"
+) -> None:
+    ok = labels_in_range(labels, n_values)
+    if ignore_index is not None:
+        ok |= labels_equal(labels, ignore_index)
+    # The example keeps the labels' own dtype: an int64 label 2**32 + 1 is shown as is.
+    bad = jnp.where(ok, jnp.zeros((), labels.dtype), labels)
+    checkify.check(
+        jnp.all(ok),
+        f"`{name}` must lie in [0, {n_values})"
+        + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
+        + "; found {n} labels out of range, e.g. {example}.",
+        n=jnp.sum(~ok),
+        example=bad.reshape(-1)[jnp.argmax(~ok.reshape(-1))],
+    )
+
+
 def validate_values(
     logits: jax.Array,
     labels: jax.Array,
@@ -328,41 +821,52 @@ def validate_values(
 
     Checks that logits are finite, that integer labels lie in range (or equal
     ``ignore_index``), that dense labels lie in [0, 1], and that inputs already holding
-    probabilities (``activation=None``) lie in [0, 1].
+    probabilities (``activation=None``) lie in [0, 1]. ``logits`` may be a list or
+    tuple of arrays (the outputs of :func:`jaxseg.deep_supervision`): each is checked,
+    and the label range is the first one's.
     """
-    logits = jnp.asarray(logits)
-    labels = jnp.asarray(labels)
-    checkify.check(
-        jnp.all(jnp.isfinite(logits)),
-        "`logits` has {n} non-finite entries (NaN or inf).",
-        n=jnp.sum(~jnp.isfinite(logits)),
-    )
-    if activation is None:
+    scales = as_array_or_arrays("logits", logits)
+    scales = scales if isinstance(scales, tuple) else (scales,)
+    labels = as_array("labels", labels)
+    for i, x in enumerate(scales):
+        name = "logits" if len(scales) == 1 else f"logits[{i}]"
         checkify.check(
-            jnp.all((logits >= 0) & (logits <= 1)),
-            "`logits` must hold probabilities in [0, 1] with activation=None.",
+            jnp.all(jnp.isfinite(x)),
+            f"`{name}` has {{n}} non-finite entries (NaN or inf).",
+            n=jnp.sum(~jnp.isfinite(x)),
         )
-    num_channels = logits.shape[-1]
+        if activation is None:
+            checkify.check(
+                jnp.all((x >= 0) & (x <= 1)),
+                f"`{name}` must hold probabilities in [0, 1] with activation=None.",
+            )
+    num_channels = scales[0].shape[-1]
     if is_integer_labels(labels):
-        n_values = num_label_values(num_channels, activation)
-        ok = (labels >= 0) & (labels < n_values)
-        if ignore_index is not None:
-            ok |= labels == ignore_index
-        bad = jnp.where(ok, 0, labels.astype(jnp.int32))
-        checkify.check(
-            jnp.all(ok),
-            f"`labels` must lie in [0, {n_values})"
-            + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
-            + "; found {n} labels out of range, e.g. {example}.",
-            n=jnp.sum(~ok),
-            example=bad.reshape(-1)[jnp.argmax(~ok.reshape(-1))],
-        )
+        _check_labels_in_range(labels, num_label_values(num_channels, activation), ignore_index)
     else:
+        outside = ~((labels >= 0) & (labels <= 1))
         checkify.check(
-            jnp.all((labels >= 0) & (labels <= 1)),
+            ~jnp.any(outside),
             "dense `labels` must lie in [0, 1]; found {n} entries outside.",
-            n=jnp.sum(~((labels >= 0) & (labels <= 1))),
+            n=jnp.sum(outside),
         )
+
+
+def validate_class_maps(
+    predictions: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    *,
+    ignore_index: int | None = None,
+) -> None:
+    """Run-time checks of two class maps (metrics), as ``checkify.check``.
+
+    Labels must lie in ``[0, num_classes)`` or equal ``ignore_index`` (plain mode
+    excludes the others); predictions must lie in ``[0, num_classes)`` (plain mode
+    counts the others as a miss).
+    """
+    _check_labels_in_range(as_array("labels", labels), num_classes, ignore_index)
+    _check_labels_in_range(as_array("predictions", predictions), num_classes, None, "predictions")
 
 
 def _default_option(fn: Any, name: str, fallback: Any) -> Any:
@@ -376,17 +880,84 @@ def _default_option(fn: Any, name: str, fallback: Any) -> Any:
     return parameter.default
 
 
-def checked(loss_fn):
-    """The checked mode: wraps a loss so that value problems raise instead of hiding.
+def _bind(fn: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """``fn``'s arguments by name (defaults applied; ``**options`` entries spread)."""
+    try:
+        signature = inspect.signature(fn)
+        bound = signature.bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            arguments.update(arguments.pop(parameter.name, {}))
+    return arguments
 
-    ``checked(f)(logits, labels, **options)`` runs :func:`validate_values` and ``f``
+
+def _value_checks(fn: Any, args: tuple, kwargs: dict) -> Callable[[dict], None] | None:
+    """The run-time checks that apply to a call of ``fn``, as a function of its arguments."""
+    arguments = _bind(fn, args, kwargs)
+    if "logits" in arguments and "labels" in arguments:
+        # "sigmoid" gives the only valid label range for one channel (a binary mask) and
+        # the same range as "softmax" for several, without asking for probabilities.
+        activation = arguments.get("activation", _default_option(fn, "activation", "sigmoid"))
+        ignore_index = arguments.get("ignore_index")
+
+        def check(a):
+            validate_values(
+                a["logits"], a["labels"], activation=activation, ignore_index=ignore_index
+            )
+
+        return check
+    if "predictions" in arguments and "labels" in arguments:
+        state = arguments.get("state")
+        num_classes = arguments.get("num_classes", getattr(state, "num_classes", None))
+        if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool):
+            return None
+        ignore_index = arguments.get("ignore_index")
+
+        def check(a):
+            validate_class_maps(
+                a["predictions"], a["labels"], int(num_classes), ignore_index=ignore_index
+            )
+
+        return check
+    if "logits" in arguments:
+        return lambda a: checkify.check(
+            jnp.all(jnp.isfinite(as_array("logits", a["logits"]))),
+            "`logits` has {n} non-finite entries (NaN or inf).",
+            n=jnp.sum(~jnp.isfinite(as_array("logits", a["logits"]))),
+        )
+    return None
+
+
+def checked(fn: Callable) -> Callable:
+    """The checked mode: wraps a public function so that value problems raise.
+
+    ``checked(f)(*args, **options)`` runs ``f`` and the value checks that apply to it
     under ``jax.experimental.checkify`` and raises ``checkify.JaxRuntimeError`` naming
-    the problem (non-finite logits, labels out of range, dense labels outside [0, 1]).
-    Without it, out-of-range labels are excluded like ``ignore_index`` (no NaN), and
-    non-finite logits propagate to the loss. Call it outside ``jit`` (it jits ``f``
-    itself). The activation and ``ignore_index`` that decide the valid label range are
-    the options passed, else ``f``'s defaults; a loss without an ``activation`` option
-    (such as :func:`jaxseg.bce_log_dice`) takes one channel as a binary mask.
+    the problem and an offending value:
+
+    - losses, combinators and compound losses (``f(logits, labels, ...)``, ``logits``
+      one array or, for :func:`jaxseg.deep_supervision`, one per scale): non-finite
+      logits, integer labels out of range (compared in their own dtype, so an int64
+      label ``2**32 + 1`` is reported as itself), dense labels outside [0, 1],
+      probabilities outside [0, 1] with ``activation=None``
+      (:func:`validate_values`);
+    - metrics on class maps (``f(predictions, labels, num_classes, ...)`` and
+      :func:`jaxseg.metrics.update`): labels and predictions outside ``[0, C)``
+      (labels equal to ``ignore_index`` excepted);
+    - :func:`jaxseg.metrics.predictions_from_logits`: non-finite logits.
+
+    Other functions (distance transforms, metric states) have no value problem to
+    report and run as they are. Without the checked mode, out-of-range labels are
+    excluded like ``ignore_index`` (no NaN) and non-finite logits propagate to the loss.
+    Call it outside ``jit`` (it jits ``f`` itself: array arguments are traced, the
+    others are static). The activation and ``ignore_index`` that decide the valid label
+    range are the options passed, else ``f``'s defaults; a loss without an
+    ``activation`` option (such as :func:`jaxseg.bce_log_dice`) takes one channel as a
+    binary mask.
 
     Examples:
       >>> import jax.numpy as jnp, jaxseg
@@ -396,25 +967,29 @@ def checked(loss_fn):
       ...
       jax._src.checkify.JaxRuntimeError: `labels` must lie in [0, 2); ...
     """
-    # "sigmoid" gives the only valid label range for one channel (a binary mask) and the
-    # same range as "softmax" for several, without asking for probabilities.
-    default_activation = _default_option(loss_fn, "activation", "sigmoid")
-    default_ignore_index = _default_option(loss_fn, "ignore_index", None)
 
-    def run(logits, labels, **options):
-        def body(logits, labels):
-            validate_values(
-                logits,
-                labels,
-                activation=options.get("activation", default_activation),
-                ignore_index=options.get("ignore_index", default_ignore_index),
-            )
-            return loss_fn(logits, labels, **options)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        checks = _value_checks(fn, args, kwargs)
+        if checks is None:
+            return fn(*args, **kwargs)
+        leaves, treedef = jax.tree.flatten((args, kwargs))
+        traced = [isinstance(leaf, (jax.Array, np.ndarray)) for leaf in leaves]
+        static = [None if t else leaf for t, leaf in zip(traced, leaves, strict=True)]
 
-        error, value = jax.jit(checkify.checkify(body, errors=checkify.user_checks))(logits, labels)
+        def body(arrays):
+            it = iter(arrays)
+            full = [next(it) if t else s for t, s in zip(traced, static, strict=True)]
+            call_args, call_kwargs = jax.tree.unflatten(treedef, full)
+            checks(_bind(fn, call_args, call_kwargs))
+            return fn(*call_args, **call_kwargs)
+
+        arrays = [leaf for t, leaf in zip(traced, leaves, strict=True) if t]
+        checked_body = checkify.checkify(body, errors=checkify.user_checks)
+        error, value = jax.jit(checked_body)(arrays)
         error.throw()
         return value
 
-    run.__name__ = f"checked_{getattr(loss_fn, '__name__', 'loss')}"
-    run.__doc__ = f"Checked mode of {getattr(loss_fn, '__name__', 'a loss')}."
+    name = getattr(fn, "__name__", "function")
+    run.__name__ = run.__qualname__ = f"checked_{name}"
+    run.__doc__ = f"Checked mode of {name}."
     return run

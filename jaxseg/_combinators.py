@@ -17,8 +17,11 @@ accepts it, so ``include_background`` reaches a Dice term and not a cross-entrop
 ``ignore_index`` reach both. An option that no term accepts is a ``TypeError``.
 
 The returned functions compile their whole body as one ``jax.jit`` program (terms share
-the activation and fuse): array-valued options are traced, every other option (strings,
-ints, floats, bools, None, tuples) is static and part of the compilation key.
+the activation and fuse): array-valued and float options are traced (a new smoothing or
+weight does not recompile), every other option (strings, ints, bools, None, tuples) is
+static and part of the compilation key. Inputs and options are normalised first
+(:func:`jaxseg._checks.normalised`): lists become arrays, option types and ranges are
+checked by name, and term weights must be finite numbers >= 0.
 """
 
 from __future__ import annotations
@@ -113,11 +116,11 @@ def _check_options(options: Mapping[str, Any], accepted: frozenset[str] | None, 
 
 
 def _split_options(options: Mapping[str, Any]) -> tuple[tuple[tuple[str, Any], ...], dict]:
-    """Splits options into static ``(name, value)`` pairs and traced arrays."""
+    """Splits options into static ``(name, value)`` pairs and traced arrays and floats."""
     static, traced = [], {}
     for name in sorted(options):
         value = options[name]
-        if isinstance(value, (jax.Array, np.ndarray)):
+        if isinstance(value, (jax.Array, np.ndarray, float, np.floating)):
             traced[name] = value
             continue
         if isinstance(value, list):
@@ -209,6 +212,7 @@ class CombinedLoss:
         total = sum(w * values[name] for w, name in zip(weights, self.names, strict=True))
         return total, values
 
+    @functools.partial(_checks.normalised, logits=_checks.as_array_or_arrays)
     def evaluate(
         self,
         logits: Any,
@@ -219,11 +223,7 @@ class CombinedLoss:
         **options: Any,
     ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
         """Like calling the loss, with ``weights`` (one per term, traced) given at call time."""
-        weights = self.weights if weights is None else tuple(weights)
-        if len(weights) != len(self.names):
-            raise ValueError(
-                f"`weights` must have one entry per term {self.names}; got {len(weights)}."
-            )
+        weights = self.weights if weights is None else _check_weights(weights, self.names)
         _check_options(options, self.accepted_options, repr(self))
         total, components = self._jit(logits, labels, weights, **options)
         return (total, components) if return_components else total
@@ -236,6 +236,26 @@ class CombinedLoss:
         )
 
 
+def _check_weights(weights: Any, names: Sequence[str]) -> tuple[Any, ...]:
+    """One weight per term, each a finite number >= 0 (a scalar; traced values allowed)."""
+    if isinstance(weights, (str, bytes)) or not isinstance(weights, (Sequence, np.ndarray)):
+        if not isinstance(weights, jax.Array) or jnp.ndim(weights) != 1:
+            raise _checks.ArgumentTypeError(
+                f"`weights` must be a sequence of numbers, one per term {tuple(names)}, or a "
+                f"mapping from names to numbers; got {type(weights).__name__}."
+            )
+    weights = tuple(weights)
+    if len(weights) != len(names):
+        raise ValueError(
+            f"`weights` must have one entry per term ({len(names)}: {tuple(names)}); got "
+            f"{len(weights)}."
+        )
+    return tuple(
+        _checks.as_number(f"weights[{name!r}]", w, low=0)
+        for name, w in zip(names, weights, strict=True)
+    )
+
+
 def _resolve_weights(weights: Any, names: Sequence[str]) -> tuple[Any, ...]:
     if weights is None:
         return (1.0,) * len(names)
@@ -243,14 +263,8 @@ def _resolve_weights(weights: Any, names: Sequence[str]) -> tuple[Any, ...]:
         unknown = sorted(set(weights) - set(names))
         if unknown:
             raise ValueError(f"`weights` names unknown terms {unknown}; the terms are {names}.")
-        return tuple(weights.get(name, 1.0) for name in names)
-    weights = tuple(weights)
-    if len(weights) != len(names):
-        raise ValueError(
-            f"`weights` must have one entry per term ({len(names)}: {tuple(names)}); got "
-            f"{len(weights)}."
-        )
-    return weights
+        weights = tuple(weights.get(name, 1.0) for name in names)
+    return _check_weights(weights, names)
 
 
 def combine(
@@ -347,8 +361,9 @@ def log_transform(loss: Loss, *, eps: float = 1e-7) -> Loss:
       >>> bool(log_dice(logits, labels) > jaxseg.dice_loss(logits, labels))
       True
     """
-    if not eps > 0:
-        raise ValueError(f"`eps` must be > 0; got {eps!r}.")
+    eps = _checks.as_number("eps", eps, low=0, low_open=True)
+    if not callable(loss):
+        raise TypeError(f"`loss` must be callable; got {type(loss).__name__}.")
 
     def body(logits, labels, **options):
         value = jnp.asarray(loss(logits, labels, **options))
@@ -358,6 +373,7 @@ def log_transform(loss: Loss, *, eps: float = 1e-7) -> Loss:
     accepted = accepted_options(loss)
     name = f"log_{loss_name(loss)}"
 
+    @functools.partial(_checks.normalised, logits=_checks.as_array_or_arrays)
     def transformed(logits: Any, labels: ArrayLike, **options: Any) -> jax.Array:
         _check_options(options, accepted, name)
         return jitted(logits, labels, **options)
@@ -498,6 +514,10 @@ def deep_supervision(loss: Loss, weights: Sequence[ArrayLike] | str | None = Non
     """
     if isinstance(weights, str) or weights is None:
         deep_supervision_weights(1, weights)  # validates the string now
+    else:
+        weights = tuple(_checks.as_number(f"weights[{i}]", w, low=0) for i, w in enumerate(weights))
+    if not callable(loss):
+        raise TypeError(f"`loss` must be callable; got {type(loss).__name__}.")
     accepted = accepted_options(loss)
     components = supports_components(loss)
     name = loss_name(loss)
@@ -526,6 +546,7 @@ def deep_supervision(loss: Loss, weights: Sequence[ArrayLike] | str | None = Non
 
     jitted = _OptionJit(body)
 
+    @functools.partial(_checks.normalised, logits=_checks.as_scales)
     def supervised(
         logits: Sequence[ArrayLike],
         labels: ArrayLike,
@@ -568,14 +589,17 @@ def with_components(loss: Loss) -> Callable[..., tuple[jax.Array, dict[str, jax.
       >>> sorted(parts)
       ['ce', 'dice']
     """
+    normalise = functools.partial(_checks.normalised, logits=_checks.as_array_or_arrays)
     if supports_components(loss):
 
+        @normalise
         def split(logits, labels, **options):
             return loss(logits, labels, return_components=True, **options)
 
     else:
         name = loss_name(loss)
 
+        @normalise
         def split(logits, labels, **options):
             value = loss(logits, labels, **options)
             return value, {name: value}

@@ -34,6 +34,7 @@ def _check_lambdas(**lambdas: Any) -> None:
         _checks.check_nonnegative(name, value)
 
 
+@_checks.normalised
 def dice_ce(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -111,6 +112,7 @@ def dice_ce(
     )  # fmt: skip
 
 
+@_checks.normalised(alpha=_checks.number(low=0, high=1, per_class=True, optional=True))
 def dice_focal(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -187,6 +189,7 @@ def dice_focal(
     )  # fmt: skip
 
 
+@_checks.normalised
 def bce_log_dice(
     logits: ArrayLike,
     labels: ArrayLike,

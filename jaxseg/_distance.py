@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,11 +43,13 @@ def _check_mask(mask: jax.Array, name: str) -> None:
             f"`{name}` must be a boolean array of shape (H, W) or (H, W, D); got dtype "
             f"{mask.dtype}. Pass e.g. `labels == k` for the pixels of class k."
         )
-    if mask.ndim not in (2, 3):
-        raise ValueError(
-            f"`{name}` must have 2 or 3 spatial axes, shape (H, W) or (H, W, D); got shape "
-            f"{mask.shape}. Use jax.vmap for a batch of masks."
-        )
+    chex.assert_rank(
+        mask,
+        {2, 3},
+        custom_message=f"`{name}` must have 2 or 3 spatial axes, shape (H, W) or (H, W, D); "
+        f"got shape {mask.shape}. Use jax.vmap for a batch of masks.",
+        exception_type=ValueError,
+    )
 
 
 def _is_concrete(x: Any) -> bool:
@@ -74,7 +77,11 @@ def _spacing_vector(spacing: ArrayLike | None, ndim: int) -> jax.Array:
     return jnp.broadcast_to(jnp.asarray(spacing, jnp.float32), (ndim,))
 
 
-def _check_class_maps(predictions: jax.Array, labels: jax.Array) -> None:
+def _class_maps(predictions: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Checks two integer class maps; narrow integer maps are widened to int32.
+
+    64-bit maps keep their dtype: classes are compared in it, so no value wraps.
+    """
     for name, x in (("predictions", predictions), ("labels", labels)):
         if not jnp.issubdtype(x.dtype, jnp.integer):
             raise ValueError(
@@ -82,16 +89,14 @@ def _check_class_maps(predictions: jax.Array, labels: jax.Array) -> None:
                 f"(batch, H, W, D); got dtype {x.dtype}. Take the argmax of the logits "
                 "over the class axis first."
             )
-        if x.ndim not in (3, 4):
-            raise ValueError(
-                f"`{name}` must have shape (batch, H, W) or (batch, H, W, D), 2 or 3 "
-                f"spatial axes; got shape {x.shape} (rank {x.ndim})."
-            )
-    if predictions.shape != labels.shape:
-        raise ValueError(
-            f"`predictions` and `labels` must have the same shape; got {predictions.shape} "
-            f"for `predictions` and {labels.shape} for `labels`."
-        )
+    _checks.check_class_maps(predictions, labels, ranks=(3, 4))
+
+    def widened(x: jax.Array) -> jax.Array:
+        if jnp.iinfo(x.dtype).bits < 32:
+            return x.astype(jnp.int32)
+        return x
+
+    return widened(predictions), widened(labels)
 
 
 def _batch_spacing(spacing: ArrayLike | None, batch: int, ndim: int) -> jax.Array:
@@ -145,7 +150,8 @@ def _lower_envelope_pass(values: jax.Array, axis: int, step: jax.Array) -> jax.A
 
     def relax(j: jax.Array, best: jax.Array) -> jax.Array:
         # +inf (no True pixel on the line) stays +inf: inf + finite, never inf - inf.
-        cost = jnp.square(step * (position - j.astype(jnp.float32)))
+        # jnp.asarray: without jit (jax.disable_jit) the loop index is a Python int.
+        cost = jnp.square(step * (position - jnp.asarray(j, jnp.float32)))
         return jnp.minimum(best, moved[j][None] + cost)
 
     # The j = i term costs 0, so `moved` itself is a valid starting upper bound.
@@ -176,6 +182,7 @@ def _distance_transform(mask: jax.Array, spacing: jax.Array) -> jax.Array:
     return jnp.sqrt(_squared_distance_transform(mask, spacing))
 
 
+@_checks.normalised
 def euclidean_distance_transform(mask: ArrayLike, *, spacing: ArrayLike | None = None) -> jax.Array:
     r"""Exact Euclidean distance from every pixel to the nearest True pixel of ``mask``.
 
@@ -242,6 +249,7 @@ def _boundary(mask: jax.Array, ndim: int) -> jax.Array:
     return mask & ~interior
 
 
+@_checks.normalised
 def boundary_mask(mask: ArrayLike) -> jax.Array:
     r"""The surface pixels of a mask: in the mask, with a face neighbour outside it.
 
@@ -411,6 +419,7 @@ def _hausdorff_distance(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
+@_checks.normalised
 def hausdorff_distance(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -481,9 +490,7 @@ def hausdorff_distance(
       Huttenlocher, Klanderman & Rucklidge, "Comparing Images Using the Hausdorff
       Distance", IEEE TPAMI 15(9), 1993.
     """
-    predictions = jnp.asarray(predictions)
-    labels = jnp.asarray(labels)
-    _check_class_maps(predictions, labels)
+    predictions, labels = _class_maps(predictions, labels)
     _checks.check_num_classes(num_classes, include_background)
     if percentile is not None:
         if np.shape(percentile) != ():
@@ -534,6 +541,7 @@ def _surface_dice(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
+@_checks.normalised
 def surface_dice(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -591,9 +599,7 @@ def surface_dice(
       Radiotherapy: Deep Learning Algorithm Development and Validation Study",
       Journal of Medical Internet Research 23(7), 2021.
     """
-    predictions = jnp.asarray(predictions)
-    labels = jnp.asarray(labels)
-    _check_class_maps(predictions, labels)
+    predictions, labels = _class_maps(predictions, labels)
     _checks.check_num_classes(num_classes, include_background)
     tolerance_shape = np.shape(tolerance)
     if tolerance_shape not in ((), (num_classes,)):

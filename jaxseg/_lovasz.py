@@ -230,6 +230,7 @@ def _check_common(reduction: str, per_image: Any) -> None:
         raise ValueError(f"`per_image` must be a bool; got {per_image!r}.")
 
 
+@_checks.normalised
 def lovasz_softmax_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -354,6 +355,7 @@ def _lovasz_hinge(logits, labels, where, *, per_image, ignore_index, reduction, 
     return _per_image_mean(losses, jnp.any(valid, axis=-1), "mean", axis_name)
 
 
+@_checks.normalised
 def lovasz_hinge_loss(
     logits: ArrayLike,
     labels: ArrayLike,

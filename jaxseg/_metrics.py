@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,39 +46,37 @@ _COUNTS = ("tp", "fp", "fn", "tn")
 
 
 def _class_maps(
-    predictions: ArrayLike, labels: ArrayLike, where: ArrayLike | None, ignore_index: Any
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    where: ArrayLike | None,
+    ignore_index: Any,
+    num_classes: int,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """Checks two class maps (and ``where``) and returns them as int32 arrays."""
-    predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
-    for name, x in (("predictions", predictions), ("labels", labels)):
-        if not _checks.is_integer_labels(x):
-            raise ValueError(
-                f"`{name}` must be an integer (or boolean) class map of shape "
-                f"(batch, *spatial); got dtype {x.dtype}. Turn logits into a class map "
-                "with jaxseg.metrics.predictions_from_logits(logits)."
-            )
-        if not 2 <= x.ndim <= 4:
-            raise ValueError(
-                f"`{name}` must have shape (batch, *spatial) with 1 to 3 spatial axes "
-                f"(rank 2 to 4); got shape {x.shape} (rank {x.ndim})."
-            )
-    if predictions.shape != labels.shape:
-        raise ValueError(
-            f"`predictions` and `labels` must have the same shape; got {predictions.shape} "
-            f"for `predictions` and {labels.shape} for `labels`."
-        )
+    """Checks two class maps (and ``where``) and returns them as int32 arrays.
+
+    The int32 cast does not wrap: 64-bit values outside ``[0, num_classes)`` become -1
+    (out of range) first, so the label ``2**32 + 1`` is not read as class 1.
+    """
+    predictions = _checks.as_array("predictions", predictions)
+    labels = _checks.as_array("labels", labels)
+    _checks.check_class_maps(predictions, labels, ranks=(2, 3, 4))
     _checks.check_where(where, labels.shape)
     if ignore_index is not None and (
         not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool)
     ):
         raise ValueError(f"`ignore_index` must be an int or None; got {ignore_index!r}.")
     where = None if where is None else jnp.asarray(where)
-    return predictions.astype(jnp.int32), labels.astype(jnp.int32), where
+    return (
+        _checks.class_map_int32(predictions, num_classes),
+        _checks.class_map_int32(labels, num_classes),
+        where,
+    )
 
 
 # ---------------------------------------------------------------------- class maps
 
 
+@_checks.normalised
 def predictions_from_logits(
     logits: ArrayLike, *, activation: str | None = "softmax", threshold: float = 0.5
 ) -> jax.Array:
@@ -112,14 +111,20 @@ def predictions_from_logits(
     """
     _checks.check_option("activation", activation, _checks.ACTIVATIONS)
     _checks.check_unit_interval("threshold", threshold)
-    logits = jnp.asarray(logits)
-    if not jnp.issubdtype(logits.dtype, jnp.floating):
-        raise ValueError(f"`logits` must be a floating array; got dtype {logits.dtype}.")
-    if not 3 <= logits.ndim <= 5 or 0 in logits.shape:
-        raise ValueError(
-            "`logits` must have shape (batch, *spatial, classes) with 1 to 3 spatial axes "
-            f"(rank 3 to 5) and no empty axis; got shape {logits.shape}."
-        )
+    logits = _checks.as_array("logits", logits)
+    chex.assert_type(
+        logits,
+        float,
+        custom_message=f"`logits` must be a floating array; got dtype {logits.dtype}.",
+        exception_type=ValueError,
+    )
+    shape_message = (
+        "`logits` must have shape (batch, *spatial, classes) with 1 to 3 spatial axes "
+        f"(rank 3 to 5) and no empty axis; got shape {logits.shape}."
+    )
+    chex.assert_rank(logits, {3, 4, 5}, custom_message=shape_message, exception_type=ValueError)
+    if 0 in logits.shape:
+        raise ValueError(shape_message)
     if activation == "softmax" and logits.shape[-1] < 2:
         raise ValueError(
             "`activation='softmax'` needs at least 2 classes on the last axis of `logits`; "
@@ -148,6 +153,7 @@ def _confusion_matrix(predictions, labels, where, *, num_classes, ignore_index):
     return counts.reshape(num_classes, num_classes)
 
 
+@_checks.normalised
 def confusion_matrix(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -189,7 +195,9 @@ def confusion_matrix(
              [0, 1, 1]], dtype=int32)
     """
     _checks.check_num_classes(num_classes)
-    predictions, labels, where = _class_maps(predictions, labels, where, ignore_index)
+    predictions, labels, where = _class_maps(
+        predictions, labels, where, ignore_index, int(num_classes)
+    )
     return _confusion_matrix(
         predictions, labels, where, num_classes=int(num_classes), ignore_index=ignore_index
     )
@@ -240,11 +248,12 @@ def _scores(
 def _call_scores(kind, predictions, labels, num_classes, **options) -> jax.Array:
     _checks.check_num_classes(num_classes, options["include_background"])
     predictions, labels, where = _class_maps(
-        predictions, labels, options.pop("where"), options["ignore_index"]
+        predictions, labels, options.pop("where"), options["ignore_index"], int(num_classes)
     )
     return _scores(predictions, labels, where, kind=kind, num_classes=int(num_classes), **options)
 
 
+@_checks.normalised
 def dice_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -301,6 +310,7 @@ def dice_score(
     )
 
 
+@_checks.normalised
 def iou_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -355,6 +365,7 @@ def _mean_over_samples_of_class_means(values: jax.Array) -> jax.Array:
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
 
+@_checks.normalised
 def mean_dice(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -391,6 +402,7 @@ def mean_dice(
     )
 
 
+@_checks.normalised
 def mean_iou(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -459,6 +471,7 @@ class MetricState(NamedTuple):
         return self.tp.shape[0]
 
 
+@_checks.normalised
 def metric_state(num_classes: int) -> MetricState:
     """The empty state for ``num_classes`` classes (background included).
 
@@ -550,6 +563,7 @@ def _update(state, predictions, labels, where, *, ignore_index, axis_name):
     return _merge(state, _stats.psum(increment, axis_name))
 
 
+@_checks.normalised
 def update(
     state: MetricState,
     predictions: ArrayLike,
@@ -575,7 +589,9 @@ def update(
     32767 samples; the accumulated counts are exact up to 2^47.
     """
     _check_state(state)
-    predictions, labels, where = _class_maps(predictions, labels, where, ignore_index)
+    predictions, labels, where = _class_maps(
+        predictions, labels, where, ignore_index, state.num_classes
+    )
     return _update(
         state, predictions, labels, where, ignore_index=ignore_index, axis_name=axis_name
     )
@@ -619,6 +635,7 @@ def _compute(state, *, include_background, ignore_empty):
     return {**per_class, **means, "accuracy": accuracy}
 
 
+@_checks.normalised
 def compute(
     state: MetricState, *, include_background: bool = True, ignore_empty: bool = True
 ) -> dict[str, jax.Array]:

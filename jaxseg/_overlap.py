@@ -278,6 +278,7 @@ def _call(
     )
 
 
+@_checks.normalised
 def dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -373,6 +374,7 @@ def dice_loss(
     )
 
 
+@_checks.normalised
 def iou_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -434,6 +436,7 @@ def iou_loss(
 jaccard_loss = iou_loss
 
 
+@_checks.normalised(alpha=_checks.NONNEGATIVE)
 def tversky_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -571,6 +574,7 @@ def _generalized_dice_loss(
     return _reduce.weighted_reduce(loss, ones, reduction, None if batch else axis_name)
 
 
+@_checks.normalised
 def generalized_dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,

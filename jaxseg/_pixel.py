@@ -245,6 +245,7 @@ def _array(x: Any) -> jax.Array | None:
     return None if x is None else jnp.asarray(x)
 
 
+@_checks.normalised
 def cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -342,6 +343,7 @@ def cross_entropy(
     )
 
 
+@_checks.normalised(alpha=_checks.number(low=0, high=1, per_class=True, optional=True))
 def focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,

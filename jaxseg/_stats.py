@@ -163,6 +163,7 @@ def stats_of_probabilities(
     return stats
 
 
+@_checks.normalised
 def overlap_stats(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,

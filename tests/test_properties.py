@@ -30,6 +30,10 @@ the default "ci" profile (``max_examples=500``, tests/conftest.py) one run execu
     11 losses x 500 (finite/range) + 1500 (half precision) + 1000 (class permutation)
     + 1500 (masked = sliced) + 1000 (metrics) = 10,500 examples,
 
+plus the robustness properties of section 6 (inputs as lists/tuples/NumPy 100, int8/
+uint8/bool labels 100, int64 labels 20, per-pixel offsets 250, option types 100,
+combinators 100, eager mode 20: 690 more),
+
 checked by ``test_zz_example_count`` at the end of the module; ``HYPOTHESIS_PROFILE=long``
 runs ten times more.
 """
@@ -583,6 +587,251 @@ def test_metric_counts(index, seed, edge, mask):
     for key, value in out["computed"].items():
         ok = np.isnan(value) | ((value >= 0) & (value <= 1 + 1e-6))
         assert np.all(ok), (key, value)
+
+
+# --------------------------------------------------------------------------------------
+# 6. What a hurried user passes (issue 16): inputs as Python lists, tuples and NumPy
+# arrays; int8/uint8/bool/int64 labels; per-pixel offsets of extreme logits; option
+# types; every combinator; eager mode. Each reuses the compiled scenarios above where it
+# can (lists and tuples convert to the same dtypes).
+
+FORMS = ("jax", "numpy", "list", "tuple")
+
+
+def _as_form(x: np.ndarray, form: str) -> Any:
+    if form == "jax":
+        return jnp.asarray(x)
+    if form == "numpy":
+        return x
+    nested = x.tolist()
+    return nested if form == "list" else tuple(nested)
+
+
+@settings(max_examples=_examples("input_forms", 1) // 5)
+@given(
+    name=st.sampled_from(list(LOSSES)),
+    logits_form=st.sampled_from(FORMS),
+    labels_form=st.sampled_from(FORMS),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_inputs_as_lists_tuples_and_numpy(name, logits_form, labels_form, seed):
+    COUNTS["input_forms"] += 1
+    s = F32_SCENARIOS[name]
+    logits, labels, where = make_inputs(s, seed, "random", 1.0, "half")
+    fn = functools.partial(LOSSES[name], **s.opts)
+    want = _jitted(s.loss, s.options, grad=False)(logits, labels, where)
+    got = fn(_as_form(logits, logits_form), _as_form(labels, labels_form), where=where.tolist())
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=str(s))
+
+
+# (loss, options, one channel): integer-label losses whose labels change dtype.
+NARROW = [
+    ("dice_ce", (), False),
+    ("focal_loss", (("ignore_index", IGNORE),), False),
+    ("lovasz_hinge_loss", (), True),
+    ("bce_log_dice", (), True),
+]
+
+
+@settings(max_examples=_examples("label_dtypes", 1) // 5)
+@given(
+    case=st.integers(0, len(NARROW) - 1),
+    dtype=st.sampled_from(("int8", "uint8", "bool")),
+    seed=st.integers(0, 2**32 - 1),
+    out_of_range=st.booleans(),
+)
+def test_narrow_and_boolean_labels(case, dtype, seed, out_of_range):
+    """int8, uint8 and bool labels give the int32 result: out-of-range values excluded,
+    ``ignore_index=255`` matched only where the dtype can hold it."""
+    COUNTS["label_dtypes"] += 1
+    name, options, binary = NARROW[case]
+    if dtype == "bool" and not binary:
+        dtype = "uint8"
+    s = Scenario(name, S4 if binary else S2, F32, "int", options)
+    logits, labels, where = make_inputs(s, seed, "random", 1.0, "all")
+    rng = np.random.default_rng(seed)
+    if out_of_range and dtype != "bool":
+        labels[rng.random(labels.shape) < 0.3] = -3 if dtype == "int8" else 200
+    narrow = labels.astype(dtype)
+    # The reference: the int32 call on the value each narrow label holds.
+    f = _jitted(name, options, grad=False)
+    want = f(logits, narrow.astype(np.int32), where)
+    np.testing.assert_allclose(f(logits, narrow, where), want, rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=_examples("int64_labels", 1) // 25)
+@given(seed=st.integers(0, 2**32 - 1), shift=st.sampled_from((2**32, 2**33, -(2**32), 2**40)))
+def test_int64_labels_do_not_wrap(seed, shift):
+    """With x64, an int64 label that an int32 cast would wrap into range is excluded."""
+    COUNTS["int64_labels"] += 1
+    s = F32_SCENARIOS["dice_ce"]
+    logits, labels, where = make_inputs(s, seed, "random", 1.0, "all")
+    rng = np.random.default_rng(seed)
+    wrapped = rng.random(labels.shape) < 0.3
+    with jax.enable_x64(True):
+        big = labels.astype(np.int64) + np.where(wrapped, shift, 0)
+        got = jaxseg.dice_ce(logits, big)
+        want = jaxseg.dice_ce(logits, labels, where=~wrapped)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+SHIFT_INVARIANT = [
+    name for name, s in F32_SCENARIOS.items() if s.activation == "softmax" and s.labels == "int"
+]
+
+
+@settings(max_examples=_examples("offsets", 1) // 2)
+@given(
+    name=st.sampled_from(SHIFT_INVARIANT),
+    seed=st.integers(0, 2**32 - 1),
+    magnitude=st.sampled_from((0, 1, 16, 1024)),
+    extreme=st.booleans(),
+)
+def test_per_pixel_offsets_of_extreme_logits(name, seed, magnitude, extreme):
+    """Softmax losses are invariant to a per-pixel offset of the logits. Logits on a 1/8
+    grid within +-64 (or +-64 everywhere) plus offsets that are multiples of 1024 up to
+    2^20 are exact in float32, so the shifted logits hold the same numbers; the values
+    may differ only by the float32 rounding of a log-sum-exp at the offset's magnitude
+    (``eps * |offset|``, 0 without offset), which a pass relative to each pixel's
+    maximum avoids entirely."""
+    COUNTS["offsets"] += 1
+    s = F32_SCENARIOS[name]
+    rng = np.random.default_rng(seed)
+    logits, labels, where = make_inputs(s, seed, "random", 1.0, "half")
+    if extreme:
+        logits = rng.choice([-64.0, 64.0], size=logits.shape)
+    logits = (np.round(np.clip(logits * 8, -512, 512)) / 8).astype(np.float32)
+    offset = rng.integers(-magnitude, magnitude + 1, logits.shape[:-1] + (1,)) * 1024.0
+    shifted = (logits + offset).astype(np.float32)
+    np.testing.assert_array_equal(shifted.astype(np.float64) - offset, logits)  # exact
+    rounding = float(np.finfo(np.float32).eps) * 1024 * magnitude
+    f = _jitted(s.loss, s.options)
+    value, grad = f(logits, labels, where)
+    value_s, grad_s = f(shifted, labels, where)
+    np.testing.assert_allclose(value_s, value, rtol=2e-5, atol=1e-6 + rounding, err_msg=str(s))
+    scale_g = max(float(np.max(np.abs(grad))), 1e-30)
+    atol_g = (1e-4 + rounding) * scale_g
+    np.testing.assert_allclose(grad_s, grad, rtol=1e-4, atol=atol_g, err_msg=str(s))
+
+
+# (option, bad value, exception, regex): every one names the option.
+BAD_OPTIONS = [
+    ("smooth_nr", "1e-5", TypeError, "`smooth_nr` must be a number"),
+    ("smooth_dr", -1.0, ValueError, "`smooth_dr` must be >= 0"),
+    ("smooth_nr", np.nan, ValueError, "`smooth_nr` must be finite"),
+    ("smooth_nr", [1e-5, 1e-5], ValueError, "`smooth_nr` must be a scalar"),
+    ("ignore_index", True, TypeError, "`ignore_index` must be an int"),
+    ("ignore_index", 1.0, TypeError, "`ignore_index` must be an int"),
+    ("ignore_index", "255", TypeError, "`ignore_index` must be an int"),
+    ("class_weights", ["a", "b", "c"], TypeError, "`class_weights` must be a real number"),
+    ("class_weights", [1.0, -2.0, 1.0], ValueError, "`class_weights` must be >= 0"),
+    ("class_weights", [1.0, np.inf, 1.0], ValueError, "`class_weights` must be finite"),
+    ("where", "all", TypeError, "`where` must be an array"),
+    ("reduction", None, ValueError, "`reduction` must be one of"),
+    ("activation", 1, ValueError, "`activation` must be one of"),
+    ("per_image", 1, TypeError, "`per_image` must be a bool"),
+    ("include_background", "no", TypeError, "`include_background` must be a bool"),
+    ("batch", None, TypeError, "`batch` must be a bool"),
+    ("gamma", "2", TypeError, "`gamma` must be a number"),
+    ("gamma", -0.5, ValueError, "`gamma` must be >= 0"),
+    ("label_smoothing", 2.0, ValueError, r"`label_smoothing` must lie in \[0, 1\]"),
+    ("lambda_dice", None, TypeError, "`lambda_dice` must be a number"),
+    ("lambda_ce", np.array([1.0, 1.0]), ValueError, "`lambda_ce` must be a scalar"),
+    ("lambda_focal", -1, ValueError, "`lambda_focal` must be >= 0"),
+    ("alpha", "0.25", TypeError, "`alpha` must be a number"),
+    ("beta", np.inf, ValueError, "`beta` must be finite"),
+]
+
+
+@settings(max_examples=_examples("option_types", 1) // 5)
+@given(name=st.sampled_from(list(LOSSES)), case=st.integers(0, len(BAD_OPTIONS) - 1))
+def test_option_types_and_ranges(name, case):
+    """A bad option raises an error naming it, before anything is computed; an option
+    the loss does not take raises TypeError (Python's own)."""
+    COUNTS["option_types"] += 1
+    option, value, error, pattern = BAD_OPTIONS[case]
+    s = F32_SCENARIOS[name]
+    logits, labels, _ = make_inputs(s, 0, "random", 1.0, "all")
+    fn = LOSSES[name]
+    accepted = jaxseg._combinators.accepted_options(fn)
+    if accepted is not None and option not in accepted:
+        with pytest.raises(TypeError):
+            fn(logits, labels, **{option: value})
+        return
+    with pytest.raises(error, match=pattern):
+        fn(logits, labels, **{option: value})
+
+
+COMBINATORS = ("combine", "evaluate", "log_transform", "deep_supervision", "with_components")
+
+
+@functools.cache
+def _combinator(kind: str):
+    if kind in ("combine", "evaluate"):
+        return jaxseg.combine(dice=jaxseg.dice_loss, ce=jaxseg.cross_entropy)
+    if kind == "log_transform":
+        return jaxseg.log_transform(jaxseg.dice_loss, eps=1e-3)
+    if kind == "deep_supervision":
+        return jaxseg.deep_supervision(jaxseg.dice_ce, weights=(0.7, 0.3))
+    return jaxseg.with_components(jaxseg.combine(dice=jaxseg.dice_loss, ce=jaxseg.cross_entropy))
+
+
+@settings(max_examples=_examples("combinators", 1) // 5)
+@given(
+    kind=st.sampled_from(COMBINATORS),
+    seed=st.integers(0, 2**32 - 1),
+    weights=st.tuples(st.floats(0, 4), st.floats(0, 4)),
+    edge=st.sampled_from(("random", "empty", "confident_wrong", "extreme")),
+)
+def test_every_combinator_against_the_float64_reference(kind, seed, weights, edge):
+    COUNTS["combinators"] += 1
+    import references as ref
+
+    s = F32_SCENARIOS["dice_loss"]
+    logits, labels, _ = make_inputs(s, seed, edge, 1.0, "all")
+    logits = np.clip(logits, -30, 30)  # float64 reference: no saturation at 1e4
+    fn = _combinator(kind)
+    dice, ce = ref.overlap_loss("dice", logits, labels), ref.cross_entropy(logits, labels)
+    if kind == "combine":
+        got, want = fn(logits, labels.tolist()), dice + ce
+    elif kind == "evaluate":
+        got = fn.evaluate(logits, labels, weights)
+        want = weights[0] * dice + weights[1] * ce
+    elif kind == "log_transform":
+        got, want = fn(logits.tolist(), labels), -np.log(max(1 - dice, 1e-3))
+    elif kind == "deep_supervision":
+        low = logits[:, ::2, ::2]
+        # Nearest-exact (pixel centres aligned): source index floor((2i + 1) n / 2m).
+        rows, cols = (
+            (2 * np.arange(m) + 1) * n // (2 * m)
+            for n, m in zip(labels.shape[1:], low.shape[1:3], strict=True)
+        )
+        low_labels = labels[:, rows][:, :, cols]
+        got = fn([logits, low], labels)
+        want = 0.7 * (dice + ce) + 0.3 * (
+            ref.overlap_loss("dice", low, low_labels) + ref.cross_entropy(low, low_labels)
+        )
+    else:
+        got, parts = fn(logits, labels)
+        np.testing.assert_allclose(parts["dice"], dice, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(parts["ce"], ce, rtol=1e-4, atol=1e-6)
+        want = dice + ce
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=kind)
+
+
+@settings(max_examples=_examples("eager", 1) // 25)
+@given(name=st.sampled_from(list(LOSSES)), seed=st.integers(0, 2**32 - 1))
+def test_eager_mode_equals_jit(name, seed):
+    COUNTS["eager"] += 1
+    s = F32_SCENARIOS[name]
+    logits, labels, where = make_inputs(s, seed, "random", 1.0, "half")
+    fn = functools.partial(LOSSES[name], **s.opts)
+    with jax.disable_jit():
+        value, grad = jax.value_and_grad(fn)(logits, labels, where=where)
+    want, want_grad = _jitted(s.loss, s.options)(logits, labels, where)
+    np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-6, err_msg=str(s))
+    scale_g = max(float(np.max(np.abs(want_grad))), 1e-30)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-5 * scale_g, err_msg=str(s))
 
 
 # --------------------------------------------------------------------------------------
