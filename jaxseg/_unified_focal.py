@@ -113,10 +113,12 @@ def asymmetric_unified_focal_loss(
         \quad T_{b0} = 1 - TI_{b0}, \quad T_{bc} = (1 - TI_{bc})^{1 - \gamma}
 
     .. math::
-        L_{bc} = \lambda\, F_{bc} / C + (1 - \lambda)\, T_{bc}
+        L_{bc} = \lambda\, F_{bc} + (1 - \lambda)\, T_{bc}
 
-    ``N_b`` is the sample's valid pixel count, ``C`` the class count, ``lambda`` the
-    ``weight``; ``"mean"`` is the mean over ``(b, c)``: MONAI's
+    ``N_b`` is the sample's valid pixel count and ``lambda`` the ``weight``; ``"mean"``
+    is the mean over ``(b, c)``, so the focal part is a mean over pixels and classes
+    (MONAI's mean over its ``(batch, 2, *spatial)`` stack, half the sum over the two
+    channels of the original code): MONAI's
     ``weight * AsymmetricFocalLoss + (1 - weight) * AsymmetricFocalTverskyLoss``.
     One channel (binary) becomes ``[1 - p, p]``. MONAI
     ``AsymmetricUnifiedFocalLoss(to_onehot_y=True, weight, gamma, delta)`` given the
