@@ -20,6 +20,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxseg import _checks, _pixel, _reduce, _stats
 
@@ -27,24 +28,37 @@ AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
 
 
-def kth_largest(
-    values: jax.Array, valid: jax.Array, k: jax.Array, axis_name: AxisName = None
-) -> jax.Array:
-    """The ``k``-th largest of the valid, non-negative ``values`` (over ``axis_name`` too).
+def value_bits(values: jax.Array) -> jax.Array:
+    """The bit patterns of non-negative floats, as signed integers ordered as the floats.
 
-    ``k`` is an int32 scalar in ``[1, #valid]``; the result is an element of ``values``.
+    ``abs`` turns -0.0 (a possible zero cross-entropy) into +0.0, whose pattern is 0.
     """
     int_type = {4: jnp.int32, 8: jnp.int64}[values.dtype.itemsize]
-    # abs turns -0.0 (a possible zero cross-entropy) into +0.0, whose pattern is 0.
-    bits = jax.lax.bitcast_convert_type(jnp.abs(values), int_type)
-    num_bits = 8 * values.dtype.itemsize - 1  # the sign bit is 0
+    return jax.lax.bitcast_convert_type(jnp.abs(values), int_type)
+
+
+def kth_largest_bits(
+    bits: jax.Array, valid: jax.Array, k: jax.Array, axis_name: AxisName = None
+) -> jax.Array:
+    """The ``k``-th largest of the valid patterns ``bits`` (over ``axis_name`` too).
+
+    ``k`` is an int32 scalar in ``[1, #valid]``; the result is an element of ``bits``.
+    """
+    num_bits = 8 * bits.dtype.itemsize - 1  # the sign bit is 0
 
     def body(i, threshold):
-        candidate = threshold | (jnp.ones((), int_type) << (num_bits - 1 - i))
+        candidate = threshold | (jnp.ones((), bits.dtype) << (num_bits - 1 - i))
         count = _stats.psum(jnp.sum((bits >= candidate) & valid, dtype=jnp.int32), axis_name)
         return jnp.where(count >= k, candidate, threshold)
 
-    threshold = jax.lax.fori_loop(0, num_bits, body, jnp.zeros((), int_type))
+    return jax.lax.fori_loop(0, num_bits, body, jnp.zeros((), bits.dtype))
+
+
+def kth_largest(
+    values: jax.Array, valid: jax.Array, k: jax.Array, axis_name: AxisName = None
+) -> jax.Array:
+    """The ``k``-th largest of the valid, non-negative ``values`` (over ``axis_name`` too)."""
+    threshold = kth_largest_bits(value_bits(values), valid, k, axis_name)
     return jax.lax.bitcast_convert_type(threshold, values.dtype)
 
 
@@ -52,14 +66,22 @@ def top_k_mean_weights(
     values: jax.Array, valid: jax.Array, k_percent, axis_name: AxisName
 ) -> tuple[jax.Array, jax.Array]:
     """Selection weights (1 above the threshold, a share for ties, 0 below) and ``k``."""
-    values = jax.lax.stop_gradient(values)
+    # One materialised copy of the patterns for the search and the selection alike, so
+    # that both compare the same numbers even where XLA would recompute the values
+    # inside each consumer's fusion (the loop needs them in memory anyway).
+    bits = jax.lax.optimization_barrier(value_bits(jax.lax.stop_gradient(values)))
     num_valid = _stats.psum(jnp.sum(valid, dtype=jnp.int32), axis_name)
     # nnU-Net: int(num_voxels * k / 100), here of the valid pixels, and at least one.
-    k = jnp.floor(num_valid.astype(jnp.float32) * k_percent / 100).astype(jnp.int32)
+    n_k = num_valid.astype(jnp.float32) * k_percent
+    k = jnp.floor(n_k / 100).astype(jnp.int32)
+    # With k known at compile time XLA folds k / 100 into one rounded constant, which can
+    # move an exact quotient below an integer (240 * 20 / 100 gave 47.999998, then 47):
+    # one step of correction by exact products puts floor(n k / 100) back.
+    k = k + ((k + 1).astype(jnp.float32) * 100 <= n_k) - (k.astype(jnp.float32) * 100 > n_k)
     k = jnp.clip(k, jnp.minimum(num_valid, 1), num_valid)
-    threshold = kth_largest(values, valid, k, axis_name)
-    above = valid & (values > threshold)
-    tied = valid & (values == threshold)
+    threshold = kth_largest_bits(bits, valid, k, axis_name)
+    above = valid & (bits > threshold)
+    tied = valid & (bits == threshold)
     num_above = _stats.psum(jnp.sum(above, dtype=jnp.int32), axis_name)
     num_tied = _stats.psum(jnp.sum(tied, dtype=jnp.int32), axis_name)
     share = _reduce.safe_divide((k - num_above).astype(values.dtype), num_tied.astype(values.dtype))
@@ -178,7 +200,7 @@ def topk_cross_entropy(
     )
     _checks.check_unit_interval("label_smoothing", label_smoothing)
     if not isinstance(k, jax.core.Tracer):
-        value = float(jnp.asarray(k))
+        value = float(np.asarray(k, np.float64))
         if not 0 < value <= 100:
             raise ValueError(f"`k` must be a percentage in (0, 100]; got {k!r}.")
     return _topk_cross_entropy(
