@@ -51,7 +51,10 @@ def kth_largest_bits(
         count = _stats.psum(jnp.sum((bits >= candidate) & valid, dtype=jnp.int32), axis_name)
         return jnp.where(count >= k, candidate, threshold)
 
-    return jax.lax.fori_loop(0, num_bits, body, jnp.zeros((), bits.dtype))
+    # A zero of k's type: inside shard_map, k and the counts vary across devices
+    # exactly when they were not summed over them, and the loop carry must match.
+    start = (k * 0).astype(bits.dtype)
+    return jax.lax.fori_loop(0, num_bits, body, start)
 
 
 def kth_largest(
