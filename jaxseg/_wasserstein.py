@@ -154,6 +154,11 @@ def generalized_wasserstein_dice_loss(
     _checks.check_option("weighting_mode", weighting_mode, WEIGHTING_MODES)
     _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
     num_classes = np.shape(logits)[-1]
+    if num_classes < 2:
+        raise ValueError(
+            "the Wasserstein Dice loss needs a distribution over at least 2 classes on the "
+            f"last axis of `logits`; got shape {np.shape(logits)}."
+        )
     if np.shape(distance_matrix) != (num_classes, num_classes):
         raise ValueError(
             f"`distance_matrix` must have shape ({num_classes}, {num_classes}), one row and "

@@ -249,3 +249,16 @@ def test_axis_name_batch_equals_whole_batch():
     per_device = _sharded()(x.reshape(2, 2, 5, 6, 3), y.reshape(2, 2, 5, 6))
     whole = mcc_reference(x, y, batch=True)
     assert_close(per_device, np.full(2, whole))
+
+
+def test_bad_inputs_raise_with_the_argument_name():
+    x = np.zeros((1, 4, 3), np.float32)
+    y = np.zeros((1, 4), np.int32)
+    with pytest.raises(ValueError, match="labels"):
+        jaxseg.mcc_loss(x, np.zeros((1, 5), np.int32))
+    with pytest.raises(ValueError, match="smooth_dr"):
+        jaxseg.mcc_loss(x, y, smooth_dr=-1.0)
+    with pytest.raises(ValueError, match="class_weights"):
+        jaxseg.mcc_loss(x, y, class_weights=np.ones(2))
+    with pytest.raises(ValueError, match="include_background"):
+        jaxseg.mcc_loss(x[..., :1], y, activation="sigmoid", include_background=False)

@@ -182,6 +182,8 @@ def test_bad_distance_matrix_raises():
         jaxseg.generalized_wasserstein_dice_loss(x, y, -np.ones((3, 3)))
     with pytest.raises(ValueError, match="weighting_mode"):
         jaxseg.generalized_wasserstein_dice_loss(x, y, np.ones((3, 3)), weighting_mode="gdl")
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        jaxseg.generalized_wasserstein_dice_loss(x[..., :1], y, np.ones((1, 1)), activation=None)
     with pytest.raises(ValueError, match="activation"):
         jaxseg.generalized_wasserstein_dice_loss(x, y, np.ones((3, 3)), activation="sigmoid")
 
