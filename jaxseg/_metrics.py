@@ -620,7 +620,12 @@ def _compute(state, *, include_background, ignore_empty):
 
 
 def compute(
-    state: MetricState, *, include_background: bool = True, ignore_empty: bool = True
+    state: MetricState,
+    *,
+    include_background: bool = True,
+    ignore_empty: bool = True,
+    metrics: str | tuple[str, ...] | None = None,
+    beta: float | jax.Array = 1.0,
 ) -> dict[str, jax.Array]:
     r"""Scores of the accumulated state: global per-class scores, their means, and more.
 
@@ -644,7 +649,33 @@ def compute(
         (MONAI ``DiceMetric(reduction="mean_batch")``; NaN if none, MONAI gives 0),
         over all samples otherwise.
       - ``"accuracy"``: scalar pixel accuracy over all classes, :math:`\sum_c tp_c / N`.
+
+    With ``metrics`` (a name or a tuple of names, static), it returns instead exactly
+    the named confusion-matrix metrics (:data:`CONFUSION_METRICS`, ``"fbeta_score"`` with
+    ``beta``, or MONAI's aliases), each a float32 ``(C',)`` array of the global counts:
+    MONAI ``ConfusionMatrixMetric(compute_sample=False, reduction="sum_batch")``. Here
+    ``"accuracy"`` is per class, :math:`(tp_c + tn_c) / N`, as MONAI's. See
+    :func:`confusion_metrics` for the formulas and the per-sample values.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg import metrics
+      >>> state = metrics.update(metrics.metric_state(2), jnp.array([[0, 1, 1, 1]]),
+      ...                        jnp.array([[0, 0, 1, 1]]))
+      >>> state = metrics.update(state, jnp.array([[1, 1, 0, 0]]), jnp.array([[1, 1, 1, 0]]))
+      >>> metrics.compute(state, metrics=("sensitivity", "markedness"))["sensitivity"]
+      Array([0.6666667, 0.8      ], dtype=float32)
     """
+    if metrics is not None:
+        _check_state(state)
+        if not include_background and state.num_classes < 2:
+            raise ValueError("`include_background=False` needs a state of at least 2 classes.")
+        # The confusion family builds on this module: imported here, not at the top.
+        from jaxseg import _confusion
+
+        return _confusion.state_scores(
+            state, metrics, include_background=include_background, beta=beta
+        )
     _check_state(state)
     if not include_background and state.num_classes < 2:
         raise ValueError("`include_background=False` needs a state of at least 2 classes.")
