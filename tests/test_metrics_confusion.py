@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxseg import metrics
 
@@ -294,10 +296,8 @@ def test_state_counts_beyond_float32_integers():
 # ------------------------------------------------------------ generalized Dice
 
 
-def _gds64(predictions, labels, num_classes, weight_type, include_background):
-    tp, fp, _, fn = _counts64(predictions, labels, num_classes)
-    first = 0 if include_background else 1
-    tp, fp, fn = tp[:, first:], fp[:, first:], fn[:, first:]
+def _gds_of_counts(tp, fp, fn, weight_type="square"):
+    """float64 generalized Dice of ``(batch, C)`` counts, MONAI's infinite-weight rule."""
     volume = tp + fn
     with np.errstate(divide="ignore"):
         w = {"square": 1 / volume**2, "simple": 1 / volume, "uniform": np.ones_like(volume)}[
@@ -309,6 +309,12 @@ def _gds64(predictions, labels, num_classes, weight_type, include_background):
     numerator = 2 * (w * tp).sum(-1)
     denominator = (w * (2 * tp + fp + fn)).sum(-1)
     return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1), 1.0)
+
+
+def _gds64(predictions, labels, num_classes, weight_type, include_background):
+    tp, fp, _, fn = _counts64(predictions, labels, num_classes)
+    first = 0 if include_background else 1
+    return _gds_of_counts(tp[:, first:], fp[:, first:], fn[:, first:], weight_type)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -409,3 +415,92 @@ def test_bad_options():
         metrics.generalized_dice_score(maps.astype(jnp.float32), maps, 2)
     with pytest.raises(ValueError, match="metrics"):
         metrics.compute(metrics.metric_state(2), metrics="dice")
+
+
+# ----------------------------------------------------------------- properties
+
+# Fixed scenarios (shape, classes, ignore_index): one compilation each, data from hypothesis.
+SCENARIOS = [((2, 9, 7), 3, None), ((3, 5, 4, 6), 4, 255), ((2, 11), 2, None)]
+
+
+@functools.cache
+def _all_scores(num_classes, ignore_index):
+    def run(predictions, labels, where, spacing):
+        options = dict(ignore_index=ignore_index, where=where)
+        state = metrics.update(metrics.metric_state(num_classes), predictions, labels, **options)
+        return dict(
+            family=metrics.confusion_metrics(
+                predictions,
+                labels,
+                num_classes,
+                metrics=NAMES + ("fbeta_score",),
+                beta=0.5,
+                **options,
+            ),
+            state=metrics.compute(state, metrics=NAMES),
+            gds=metrics.generalized_dice_score(predictions, labels, num_classes, **options),
+            avd=metrics.absolute_volume_difference(
+                predictions, labels, num_classes, ignore_empty=False, spacing=spacing, **options
+            ),
+        )
+
+    return jax.jit(run)
+
+
+@settings(max_examples=max(20, settings().max_examples // 5))
+@given(
+    index=st.integers(0, len(SCENARIOS) - 1),
+    seed=st.integers(0, 2**32 - 1),
+    edge=st.sampled_from(("random", "empty_prediction", "empty_label", "both_empty", "full")),
+    masked=st.booleans(),
+)
+def test_properties_against_float64(index, seed, edge, masked):
+    """Every value equals the float64 formula; ranges and NaN exactly where defined."""
+    shape, c, ignore_index = SCENARIOS[index]
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, c, shape).astype(np.int32)
+    predictions = rng.integers(0, c, shape).astype(np.int32)
+    if edge in ("empty_prediction", "both_empty"):
+        predictions[...] = 0
+    if edge in ("empty_label", "both_empty"):
+        labels[...] = 0
+    if edge == "full":
+        labels[...] = c - 1
+    if ignore_index is not None:
+        labels[rng.random(shape) < 0.2] = ignore_index
+    where = rng.random(shape) < 0.7 if masked else np.ones(shape, bool)
+    spacing = rng.uniform(0.5, 2.0, (shape[0], len(shape) - 1)).astype(np.float32)
+    out = jax.tree.map(
+        np.asarray, _all_scores(c, ignore_index)(predictions, labels, where, spacing)
+    )
+    valid = where & (labels != (ignore_index if ignore_index is not None else -1))
+    tp, fp, tn, fn = _counts64(predictions, labels, c, valid=valid)
+    # Counts of each sample cover its valid pixels, for every class.
+    np.testing.assert_array_equal(
+        tp + fp + tn + fn,
+        np.broadcast_to(valid.sum(tuple(range(1, len(shape))))[:, None], tp.shape),
+    )
+    expected = _family64(tp, fp, tn, fn, beta=0.5)
+    global_expected = _family64(*(x.sum(0) for x in (tp, fp, tn, fn)))
+    for name in NAMES + ("fbeta_score",):
+        got, want = out["family"][name], expected[name]
+        if name == "prevalence_threshold":
+            # MONAI's form divides by TPR + TNR - 1: float32 rounding of the rates is
+            # amplified by 1 / |TPR + TNR - 1| (the same in MONAI), so compare within that.
+            scale = np.abs(expected["informedness"])
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+            err = np.abs(got - want)[~np.isnan(want)]
+            assert np.all(err <= 1e-6 + 4e-7 / scale[~np.isnan(want)]), name
+        else:
+            _assert_close(got, want, rtol=1e-5, name=name)
+        if name in NAMES and name != "prevalence_threshold":
+            _assert_close(out["state"][name], global_expected[name], rtol=1e-5, name=name)
+        value = out["family"][name][~np.isnan(out["family"][name])]
+        if name in ("matthews_correlation_coefficient", "informedness", "markedness"):
+            assert np.all(np.abs(value) <= 1 + 1e-6), name
+        elif name != "prevalence_threshold":
+            assert np.all((value >= 0) & (value <= 1 + 1e-6)), name
+    _assert_close(out["gds"], _gds_of_counts(tp, fp, fn), rtol=1e-5, name="gds")
+    assert np.all((out["gds"] >= 0) & (out["gds"] <= 1 + 1e-6))
+    avd = np.abs(fp - fn) * spacing.astype(np.float64).prod(-1)[:, None]
+    _assert_close(out["avd"], avd, rtol=1e-5, name="avd")
