@@ -146,21 +146,22 @@ def test_include_background_and_per_sample_spacing_match_monai():
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_empty_maps(ndim):
-    """Empty prediction, empty label and both empty, class by class, as MONAI scores them."""
-    spatial = SHAPES[ndim]
-    blob = np.zeros((1, *spatial), np.int32)
-    blob[(0, *(slice(2, 6),) * ndim)] = 1
-    empty = np.zeros_like(blob)
-    pairs = {"prediction": (empty, blob), "label": (blob, empty), "both": (empty, empty)}
+    """Empty prediction, empty label and both empty, as MONAI scores them.
+
+    Sample 0 has a class-1 blob in its label only, sample 1 in its prediction only,
+    sample 2 nothing: classes 2 and 3 are empty in both maps everywhere.
+    """
+    predictions = np.zeros((3, *SHAPES[ndim]), np.int32)
+    labels = np.zeros_like(predictions)
+    labels[(0, *(slice(2, 6),) * ndim)] = 1
+    predictions[(1, *(slice(3, 7),) * ndim)] = 1
+    expected = np.full((3, NUM_CLASSES - 1), np.nan)
+    expected[:2, 0] = np.inf
     for symmetric in (False, True):
-        for which, (predictions, labels) in pairs.items():
-            got = np.asarray(
-                _jitted(2, symmetric, False)(predictions, labels, np.ones(ndim, np.float32))
-            )
-            expected = np.nan if which == "both" else np.inf
-            np.testing.assert_array_equal(got, [[expected]], err_msg=which)
-            monai = _monai(predictions, labels, 2, symmetric=symmetric)
-            np.testing.assert_array_equal(got, monai, err_msg=which)
+        got = average_surface_distance(predictions, labels, NUM_CLASSES, symmetric=symmetric)
+        np.testing.assert_array_equal(got, expected)
+        monai = _monai(predictions, labels, NUM_CLASSES, symmetric=symmetric)
+        np.testing.assert_array_equal(got, monai)
 
 
 def test_hand_computed():
