@@ -518,6 +518,22 @@ def _empty_surfaces(
     return jnp.where(prediction_empty & label_empty, jnp.nan, value)
 
 
+def _pairwise_sum(values: jax.Array) -> jax.Array:
+    """Sum over the last axis by pairwise halving: float32 error O(log n), not O(n).
+
+    A plain float32 reduction over a whole volume's surface distances (2.6e5 entries for
+    64^3) was off by 1.4e-5 relative against float64; halving keeps it near 1e-7, as
+    torch's cascade sum in MONAI. The zero padding to a power of two is exact.
+    """
+    n = values.shape[-1]
+    size = 1 << max(0, (n - 1).bit_length())
+    values = jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, size - n)])
+    while values.shape[-1] > 1:
+        half = values.shape[-1] // 2
+        values = values[..., :half] + values[..., half:]
+    return values[..., 0]
+
+
 @functools.partial(jax.jit, static_argnames=("num_classes", "include_background", "symmetric"))
 def _average_surface_distance(
     predictions: jax.Array,
@@ -535,7 +551,7 @@ def _average_surface_distance(
         distances, valid = _surface_distances(prediction_edges, label_edges, step, not symmetric)
         # One mean over the pooled distances of both directions (MONAI concatenates them),
         # not the mean of the two directed means.
-        total = jnp.sum(jnp.where(valid, distances, 0.0), axis=(0, 2))
+        total = _pairwise_sum(jnp.sum(jnp.where(valid, distances, 0.0), axis=0))
         count = jnp.sum(valid, axis=(0, 2), dtype=jnp.float32)
         value = total / jnp.maximum(count, 1.0)
         # MONAI 1.6.1: one empty surface gives a set of +inf distances (mean +inf); both
