@@ -66,6 +66,10 @@ CONFUSION_METRICS = (
     "markedness",
 )
 
+# In compute(state)'s default dict: the family but "accuracy", whose key there is the
+# scalar pixel accuracy.
+STATE_DEFAULTS = tuple(name for name in CONFUSION_METRICS if name != "accuracy")
+
 # MONAI's check_confusion_matrix_metric_name: every alias -> its short code.
 _ALIASES = {
     "tpr": ("sensitivity", "recall", "hit_rate", "true_positive_rate", "tpr"),

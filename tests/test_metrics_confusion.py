@@ -275,8 +275,14 @@ def test_state_matches_monai_global_counts_and_merges_exactly(ndim):
         for name in NAMES:
             _assert_close(got[name], expected[name][first:], name=name)
     _assert_close(results[0]["fbeta_score"], expected["fbeta_score"])
-    # The default result is unchanged by the new option.
-    assert "dice" in metrics.compute(whole) and "sensitivity" not in metrics.compute(whole)
+    # The default dict holds the family too, but its "accuracy" stays the scalar pixel
+    # accuracy (sum_c tp_c / N); with `metrics` it is MONAI's per-class accuracy.
+    default = metrics.compute(whole)
+    for name in NAMES:
+        if name != "accuracy":
+            np.testing.assert_array_equal(default[name], results[0][name], err_msg=name)
+    np.testing.assert_allclose(default["accuracy"], tp.sum() / (tp + fp + tn + fn)[0], rtol=1e-6)
+    assert default["accuracy"].shape == () and results[0]["accuracy"].shape == (NUM_CLASSES,)
 
 
 def test_state_counts_beyond_float32_integers():
