@@ -649,7 +649,6 @@ def compute(
         (MONAI ``DiceMetric(reduction="mean_batch")``; NaN if none, MONAI gives 0),
         over all samples otherwise.
       - ``"accuracy"``: scalar pixel accuracy over all classes, :math:`\sum_c tp_c / N`.
-
       - The confusion-matrix family of :data:`CONFUSION_METRICS` under MONAI's names in
         snake_case (``"sensitivity"``, ``"negative_predictive_value"``,
         ``"matthews_correlation_coefficient"``, ...), each ``(C',)`` from the global
