@@ -27,6 +27,7 @@ from jax.typing import ArrayLike
 from jaxseg import _checks
 
 __all__ = [
+    "average_surface_distance",
     "boundary_mask",
     "euclidean_distance_transform",
     "hausdorff_distance",
@@ -510,6 +511,137 @@ def hausdorff_distance(
         maximum=percentile is None,
         include_background=bool(include_background),
         directed=bool(directed),
+    )
+
+
+def _empty_surfaces(
+    value: jax.Array, prediction_edges: jax.Array, label_edges: jax.Array, one_empty: float
+) -> jax.Array:
+    """MONAI's values for empty surfaces: ``one_empty`` if one is empty, NaN if both are."""
+    spatial = tuple(range(1, prediction_edges.ndim))
+    prediction_empty = ~jnp.any(prediction_edges, axis=spatial)
+    label_empty = ~jnp.any(label_edges, axis=spatial)
+    value = jnp.where(prediction_empty | label_empty, one_empty, value)
+    return jnp.where(prediction_empty & label_empty, jnp.nan, value)
+
+
+def _pairwise_sum(values: jax.Array) -> jax.Array:
+    """Sum over the last axis by pairwise halving: float32 error O(log n), not O(n).
+
+    A plain float32 reduction over a whole volume's surface distances (2.6e5 entries for
+    64^3) was off by 1.4e-5 relative against float64; halving keeps it near 1e-7, as
+    torch's cascade sum in MONAI. The zero padding to a power of two is exact.
+    """
+    n = values.shape[-1]
+    size = 1 << max(0, (n - 1).bit_length())
+    values = jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, size - n)])
+    while values.shape[-1] > 1:
+        half = values.shape[-1] // 2
+        values = values[..., :half] + values[..., half:]
+    return values[..., 0]
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "include_background", "symmetric"))
+def _average_surface_distance(
+    predictions: jax.Array,
+    labels: jax.Array,
+    spacing: jax.Array,
+    *,
+    num_classes: int,
+    include_background: bool,
+    symmetric: bool,
+) -> jax.Array:
+    def one_sample(prediction: jax.Array, label: jax.Array, step: jax.Array) -> jax.Array:
+        prediction_edges, label_edges = _class_boundaries(
+            prediction, label, num_classes, include_background
+        )
+        distances, valid = _surface_distances(prediction_edges, label_edges, step, not symmetric)
+        # One mean over the pooled distances of both directions (MONAI concatenates them),
+        # not the mean of the two directed means.
+        total = _pairwise_sum(jnp.sum(jnp.where(valid, distances, 0.0), axis=0))
+        count = jnp.sum(valid, axis=(0, 2), dtype=jnp.float32)
+        value = total / jnp.maximum(count, 1.0)
+        # MONAI 1.6.1: one empty surface gives a set of +inf distances (mean +inf); both
+        # empty give no distance (mean NaN).
+        return _empty_surfaces(value, prediction_edges, label_edges, jnp.inf)
+
+    return jax.vmap(one_sample)(predictions, labels, spacing)
+
+
+def average_surface_distance(
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    num_classes: int,
+    *,
+    symmetric: bool = False,
+    spacing: ArrayLike | None = None,
+    include_background: bool = False,
+) -> jax.Array:
+    r"""Average surface distance between class boundaries.
+
+    For each sample and class, with :math:`\partial P` and :math:`\partial L` the surface
+    pixels (:func:`boundary_mask`) of the predicted and the reference mask and
+    :math:`d(x, S) = \min_{y \in S} \lVert s \odot (x - y) \rVert_2` (:math:`s` the
+    spacing):
+
+    .. math::
+        \mathrm{ASD} = \frac{1}{|\partial P|} \sum_{x \in \partial P} d(x, \partial L),
+        \qquad
+        \mathrm{ASSD} = \frac{\sum_{x \in \partial P} d(x, \partial L)
+                              + \sum_{y \in \partial L} d(y, \partial P)}
+                             {|\partial P| + |\partial L|}
+
+    ``symmetric=False`` gives the directed mean from the prediction's surface to the
+    label's; ``symmetric=True`` the mean over both sets of distances pooled (not the
+    mean of the two directed means). Distances come from the exact EDT
+    (:func:`euclidean_distance_transform`) of each surface, so they are exact Euclidean
+    distances in float32, as MONAI's KD-tree gives them.
+
+    Matches MONAI ``SurfaceDistanceMetric(include_background=..., symmetric=...,
+    distance_metric="euclidean", reduction="none")`` on one-hot channels-first copies,
+    including its empty-mask conventions (MONAI 1.6.1): +inf when the class is present
+    in only one of prediction and label, NaN when in neither. MONAI's means skip NaN but
+    not +inf (``jnp.nanmean`` does the same).
+
+    Args:
+      predictions: integer class map, shape ``(batch, H, W)`` or ``(batch, H, W, D)``.
+      labels: integer class map of the same shape.
+      num_classes: number of classes C (static). Values outside ``[0, C)`` belong to
+        no class.
+      symmetric: pool the distances of both directions (static).
+      spacing: ``None`` (unit), a scalar, one value per spatial axis ``(ndim,)``, or
+        one row per sample ``(batch, ndim)``. May be traced.
+      include_background: keep class 0 (static).
+
+    Returns:
+      float32 array ``(batch, C')`` with ``C' = C - 1`` without the background.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg.metrics import average_surface_distance
+      >>> labels = jnp.zeros((1, 8, 8), jnp.int32).at[0, 2:5, 2:5].set(1)
+      >>> predictions = jnp.zeros((1, 8, 8), jnp.int32).at[0, 2:5, 3:7].set(1)
+      >>> average_surface_distance(predictions, labels, 2)
+      Array([[0.9]], dtype=float32)
+      >>> average_surface_distance(predictions, labels, 2, symmetric=True, spacing=(1.0, 2.0))
+      Array([[1.3333334]], dtype=float32)
+
+    References:
+      Heimann et al., "Comparison and Evaluation of Methods for Liver Segmentation From
+      CT Datasets", IEEE TMI 28(8), 2009.
+    """
+    predictions = jnp.asarray(predictions)
+    labels = jnp.asarray(labels)
+    _check_class_maps(predictions, labels)
+    _checks.check_num_classes(num_classes, include_background)
+    spacing = _batch_spacing(spacing, predictions.shape[0], predictions.ndim - 1)
+    return _average_surface_distance(
+        predictions,
+        labels,
+        spacing,
+        num_classes=int(num_classes),
+        include_background=bool(include_background),
+        symmetric=bool(symmetric),
     )
 
 

@@ -637,7 +637,12 @@ def _compute(state, *, include_background, ignore_empty):
 
 @_checks.normalised
 def compute(
-    state: MetricState, *, include_background: bool = True, ignore_empty: bool = True
+    state: MetricState,
+    *,
+    include_background: bool = True,
+    ignore_empty: bool = True,
+    metrics: str | tuple[str, ...] | None = None,
+    beta: float | jax.Array = 1.0,
 ) -> dict[str, jax.Array]:
     r"""Scores of the accumulated state: global per-class scores, their means, and more.
 
@@ -661,11 +666,44 @@ def compute(
         (MONAI ``DiceMetric(reduction="mean_batch")``; NaN if none, MONAI gives 0),
         over all samples otherwise.
       - ``"accuracy"``: scalar pixel accuracy over all classes, :math:`\sum_c tp_c / N`.
+      - The confusion-matrix family of :data:`CONFUSION_METRICS` under MONAI's names in
+        snake_case (``"sensitivity"``, ``"negative_predictive_value"``,
+        ``"matthews_correlation_coefficient"``, ...), each ``(C',)`` from the global
+        counts, as MONAI ``ConfusionMatrixMetric(compute_sample=False,
+        reduction="sum_batch")``; all but ``"accuracy"``, which keeps its meaning above.
+
+    With ``metrics`` (a name or a tuple of names, static), it returns instead exactly
+    the named confusion-matrix metrics (:data:`CONFUSION_METRICS`, ``"fbeta_score"`` with
+    ``beta``, or MONAI's aliases), each a float32 ``(C',)`` array of the global counts.
+    There ``"accuracy"`` is per class, :math:`(tp_c + tn_c) / N`, as MONAI's. See
+    :func:`confusion_metrics` for the formulas and the per-sample values.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jaxseg import metrics
+      >>> state = metrics.update(metrics.metric_state(2), jnp.array([[0, 1, 1, 1]]),
+      ...                        jnp.array([[0, 0, 1, 1]]))
+      >>> state = metrics.update(state, jnp.array([[1, 1, 0, 0]]), jnp.array([[1, 1, 1, 0]]))
+      >>> metrics.compute(state)["negative_predictive_value"]
+      Array([0.8      , 0.6666667], dtype=float32)
+      >>> metrics.compute(state, metrics=("accuracy", "fbeta_score"), beta=2.0)["accuracy"]
+      Array([0.75, 0.75], dtype=float32)
     """
     _check_state(state)
     if not include_background and state.num_classes < 2:
         raise ValueError("`include_background=False` needs a state of at least 2 classes.")
-    return _compute(state, include_background=include_background, ignore_empty=ignore_empty)
+    # The confusion family builds on this module: imported here, not at the top.
+    from jaxseg import _confusion
+
+    if metrics is not None:
+        return _confusion.state_scores(
+            state, metrics, include_background=include_background, beta=beta
+        )
+    family = _confusion.state_scores(
+        state, _confusion.STATE_DEFAULTS, include_background=include_background, beta=beta
+    )
+    result = _compute(state, include_background=include_background, ignore_empty=ignore_empty)
+    return {**family, **result}
 
 
 def exact_counts(state: MetricState) -> dict[str, np.ndarray]:
