@@ -24,3 +24,5 @@ from jaxseg._stats import OverlapStats as OverlapStats
 from jaxseg._stats import overlap_stats as overlap_stats
 
 __version__ = "0.1.0"
+from jaxseg._boundary import boundary_loss as boundary_loss
+from jaxseg._boundary import hausdorff_dt_loss as hausdorff_dt_loss
