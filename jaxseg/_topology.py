@@ -129,7 +129,8 @@ def _cldice_loss(
     )
     p = prepared.probs
     if _checks.is_integer_labels(prepared.labels):
-        y = (prepared.labels[..., None] == prepared.label_values).astype(p.dtype)
+        values = prepared.label_values.reshape((1,) * prepared.labels.ndim + (-1,))
+        y = (prepared.labels[..., None] == values).astype(p.dtype)
     else:
         y = prepared.labels
     if not include_background and p.shape[-1] > 1:
