@@ -290,7 +290,7 @@ def dice_cldice(
       alpha: weight of the clDice term, in [0, 1] (may be traced).
       iterations, smooth_harmonic: clDice term only, as :func:`cldice_loss`.
       smooth_nr, smooth_dr, activation, include_background, ignore_index, where,
-        axis_name: both terms.
+        axis_name: both terms (``include_background`` is ignored for one channel).
       reduction: ``"mean"`` or ``"sum"`` (of each term's values, then weighted).
       return_components: also return ``{"dice": L_dice, "cldice": L_clDice}``.
 
@@ -312,6 +312,9 @@ def dice_cldice(
     _checks.check_unit_interval("alpha", alpha)
     _checks.check_option("reduction", reduction, ("mean", "sum"))
     _check_iterations(iterations)
+    if np.shape(logits)[-1:] == (1,):
+        # One channel has no background to drop (MONAI warns and keeps it).
+        include_background = True
     return _DICE_CLDICE.evaluate(
         logits, labels, (1 - jnp.asarray(alpha, jnp.float32), alpha),
         return_components=return_components, iterations=int(iterations),

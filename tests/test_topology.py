@@ -179,6 +179,10 @@ MONAI_CASES = {
         "SoftDiceclDiceLoss", "dice_cldice", (2, 7, 6, 6), 2,
         dict(activation="sigmoid", reduction="sum", iterations=1),
         dict(sigmoid=True, reduction="sum", iter_=1), "multilabel"),
+    "dice_cldice_2d_binary_no_bg": (
+        "SoftDiceclDiceLoss", "dice_cldice", (2, 12, 11), 1,
+        dict(activation="sigmoid", include_background=False),
+        dict(sigmoid=True, include_background=False), "int"),
     "dice_cldice_2d_no_bg": (
         "SoftDiceclDiceLoss", "dice_cldice", (2, 12, 12), 4, dict(include_background=False),
         dict(softmax=True, include_background=False), "int"),
