@@ -31,9 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench import timing
-
 import jaxseg
+from bench import timing
 
 
 def blob_labels(shape: tuple[int, ...], classes: int, seed: int = 0) -> np.ndarray:
