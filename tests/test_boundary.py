@@ -127,12 +127,10 @@ def reference_loss(
 # float64 references: values and gradients, integer and dense labels, masks
 
 REFERENCE_CASES = {
-    "boundary_2d": ("boundary", (2, 12, 10), 3, {}),
     "boundary_3d_no_bg": ("boundary", (2, 7, 6, 5), 4, dict(include_background=False)),
     "boundary_sigmoid": ("boundary", (2, 9, 11), 1, dict(activation="sigmoid")),
     "boundary_ignore": ("boundary", (2, 12, 10), 3, dict(ignore_index=7)),
     "boundary_where_3d": ("boundary", (2, 6, 7, 5), 2, dict(where=True)),
-    "hausdorff_2d": ("hausdorff", (2, 12, 10), 3, {}),
     "hausdorff_3d_alpha": ("hausdorff", (2, 7, 6, 5), 2, dict(alpha=1.5)),
     "hausdorff_1d": ("hausdorff", (3, 23), 3, dict(include_background=True)),
     "hausdorff_where_dense": ("hausdorff", (2, 10, 9), 3, dict(where=True, dense=True)),
@@ -419,9 +417,8 @@ def test_combine_with_a_traced_weight_schedule():
         weight = jnp.minimum(0.01 * t, 1.0)  # the schedule of Kervadec et al.
         return jax.value_and_grad(lambda x: loss.evaluate(x, labels, (1.0 - weight, weight)))(x)
 
-    dice, boundary = peers.jaxseg_many(
-        [Request(f, logits, labels, {}) for f in (jaxseg.dice_loss, jaxseg.boundary_loss)]
-    )
+    dice = peers.jaxseg_value_and_grad(jaxseg.dice_loss, logits, labels)
+    boundary = reference_loss("boundary", logits, labels)
     for t in (0, 30, 500):
         w = min(0.01 * t, 1.0)
         value, grad = step(logits, t)
@@ -439,16 +436,14 @@ def test_deep_supervision_and_log_transform():
     labels = blob_labels((2, 12, 8), 3, 13)
     outputs = [logits_for((2, 12, 8), 3, 14), logits_for((2, 6, 4), 3, 15)]
     supervised = jaxseg.deep_supervision(jaxseg.hausdorff_dt_loss, weights=(0.75, 0.25))
-    value = supervised(outputs, labels, alpha=1.0)
-    expected = 0.75 * jaxseg.hausdorff_dt_loss(outputs[0], labels, alpha=1.0)
-    expected += 0.25 * jaxseg.hausdorff_dt_loss(outputs[1], labels[:, 1::2, 1::2], alpha=1.0)
-    assert_close(value, expected)
-    # log=True is log(1 + L) = -log(1 - L') with L' = L / (1 + L): log_transform of L'.
-    rel = lambda x, y, **o: (lambda v: v / (1 + v))(jaxseg.hausdorff_dt_loss(x, y, **o))
-    log_loss = jaxseg.log_transform(rel)
-    assert_close(
-        log_loss(outputs[0], labels), jaxseg.hausdorff_dt_loss(outputs[0], labels, log=True)
-    )
+    coarse = labels[:, 1::2, 1::2]
+    expected = 0.75 * reference_loss("hausdorff", outputs[0], labels, alpha=1.0)[0]
+    expected += 0.25 * reference_loss("hausdorff", outputs[1], coarse, alpha=1.0)[0]
+    assert_close(supervised(outputs, labels, alpha=1.0), expected)
+    # log_transform of L / (1 + L) is -log(1 / (1 + L)) = log(1 + L), the log=True option.
+    relative = lambda x, y, **o: (lambda v: v / (1 + v))(jaxseg.hausdorff_dt_loss(x, y, **o))
+    expected = np.log1p(reference_loss("hausdorff", outputs[1], coarse)[0])
+    assert_close(jaxseg.log_transform(relative)(outputs[1], coarse), expected)
 
 
 # ---------------------------------------------------------------------------------------

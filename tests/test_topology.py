@@ -90,7 +90,6 @@ def reference_cldice(
 
 
 REFERENCE_CASES = {
-    "2d_softmax": ((2, 12, 10), 3, {}),
     "3d_no_background": ((2, 7, 6, 5), 2, dict(include_background=False, iterations=2)),
     "1d_smoothing": (
         (3, 25), 3, dict(reduction="none", iterations=0, smooth_nr=0.5, smooth_dr=0.25)),
@@ -224,6 +223,11 @@ def test_matches_monai(case):
 # Masking, options, combinators
 
 
+@functools.cache
+def _masked_cldice():
+    return peers.jit(jax.value_and_grad(functools.partial(jaxseg.cldice_loss, ignore_index=255)))
+
+
 @pytest.mark.parametrize("how", ["where", "ignore_index"])
 def test_excluding_a_box_equals_cropping_it(how):
     logits = logits_for((2, 12, 9), 3, 21)
@@ -236,10 +240,11 @@ def test_excluding_a_box_equals_cropping_it(how):
         where[:, 7:] = False
     else:
         masked_labels[:, 7:] = 255
-    fn = peers.jit(jax.value_and_grad(functools.partial(jaxseg.cldice_loss, ignore_index=255)))
+    fn = _masked_cldice()
     value, grad = fn(garbage, masked_labels, where=where)
     cut_value, cut_grad = fn(logits[:, :7], labels[:, :7], where=where[:, :7])
     assert_close(value, cut_value)
+    assert_close(value, reference_cldice(logits[:, :7], labels[:, :7]))
     assert_close(grad[:, :7], cut_grad, atol=1e-8)
     assert np.all(np.asarray(grad[:, 7:]) == 0)
 
@@ -247,36 +252,30 @@ def test_excluding_a_box_equals_cropping_it(how):
 def test_dice_cldice_is_the_weighted_sum_with_a_traced_alpha():
     logits = logits_for((2, 10, 9), 3, 31)
     labels = blob_labels((2, 10, 9), 3, 32)
-    options = dict(smooth_nr=1.0, smooth_dr=1.0)
-    dice, cldice = peers.jaxseg_many(
-        [
-            Request(jaxseg.dice_loss, logits, labels, options),
-            Request(jaxseg.cldice_loss, logits, labels, options),
-        ]
-    )
+    dice = ref.overlap_loss("dice", logits, labels, smooth_nr=1.0, smooth_dr=1.0)
+    cldice = reference_cldice(logits, labels)
 
     @peers.jit
     def run(x, alpha):
         fn = lambda x: jaxseg.dice_cldice(x, labels, alpha=alpha, return_components=True)
         return jax.value_and_grad(fn, has_aux=True)(x)
 
+    grads = {}
     for alpha in (0.0, 0.25, 1.0):
-        (value, parts), grad = run(logits, alpha)
-        assert_close(value, (1 - alpha) * dice[0] + alpha * cldice[0])
-        assert_close(grad, (1 - alpha) * dice[1] + alpha * cldice[1], atol=1e-7)
-        assert_close(parts["cldice"], cldice[0])
+        (value, parts), grads[alpha] = run(logits, alpha)
+        assert_close(value, (1 - alpha) * dice + alpha * cldice)
+        assert_close(parts["dice"], dice)
+        assert_close(parts["cldice"], cldice)
+    # The gradient is linear in alpha.
+    assert_close(grads[0.25], 0.75 * grads[0.0] + 0.25 * grads[1.0], atol=1e-7)
     assert run._cache_size() == 1
 
 
-def test_log_transform_and_deep_supervision():
+def test_log_transform():
     labels = blob_labels((2, 12, 8), 2, 41)
-    outputs = [logits_for((2, 12, 8), 2, 42), logits_for((2, 6, 4), 2, 43)]
+    logits = logits_for((2, 12, 8), 2, 42)
     log_cldice = jaxseg.log_transform(jaxseg.cldice_loss)
-    assert_close(log_cldice(outputs[0], labels), -np.log(1 - reference_cldice(outputs[0], labels)))
-    supervised = jaxseg.deep_supervision(jaxseg.cldice_loss, weights=(0.6, 0.4))
-    expected = 0.6 * reference_cldice(outputs[0], labels)
-    expected += 0.4 * reference_cldice(outputs[1], labels[:, 1::2, 1::2])
-    assert_close(supervised(outputs, labels), expected)
+    assert_close(log_cldice(logits, labels), -np.log(1 - reference_cldice(logits, labels)))
 
 
 @pytest.mark.parametrize(
@@ -293,15 +292,3 @@ def test_log_transform_and_deep_supervision():
 def test_errors_name_the_argument(call, error, match):
     with pytest.raises(error, match=match):
         call(np.zeros((1, 5, 4, 3), np.float32), np.zeros((1, 5, 4), np.int32))
-
-
-def test_all_excluded_is_finite_with_zero_gradient():
-    logits = logits_for((1, 6, 6), 2, 51)
-    labels = np.zeros((1, 6, 6), np.int32)
-    where = np.zeros((1, 6, 6), bool)
-    value, grad = peers.jit(jax.value_and_grad(jaxseg.cldice_loss))(
-        jnp.asarray(logits), labels, where=where
-    )
-    # Both ratios are s_nr / s_dr = 1: the harmonic mean is 2 / (2 + 1e-4).
-    assert_close(value, 1 - 2 / (2 + 1e-4))
-    assert np.all(np.asarray(grad) == 0)
