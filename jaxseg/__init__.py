@@ -32,3 +32,7 @@ from jaxseg._wasserstein import (
 )
 
 __version__ = "0.1.0"
+from jaxseg._boundary import boundary_loss as boundary_loss
+from jaxseg._boundary import hausdorff_dt_loss as hausdorff_dt_loss
+from jaxseg._topology import cldice_loss as cldice_loss
+from jaxseg._topology import dice_cldice as dice_cldice
