@@ -20,3 +20,5 @@ from jaxseg._metrics import merge as merge
 from jaxseg._metrics import metric_state as metric_state
 from jaxseg._metrics import predictions_from_logits as predictions_from_logits
 from jaxseg._metrics import update as update
+from jaxseg._components import Components as Components
+from jaxseg._components import connected_components as connected_components
