@@ -22,3 +22,5 @@ from jaxseg._metrics import predictions_from_logits as predictions_from_logits
 from jaxseg._metrics import update as update
 from jaxseg._components import Components as Components
 from jaxseg._components import connected_components as connected_components
+from jaxseg._instances import PanopticQuality as PanopticQuality
+from jaxseg._instances import panoptic_quality as panoptic_quality
