@@ -24,3 +24,5 @@ from jaxseg._components import Components as Components
 from jaxseg._components import connected_components as connected_components
 from jaxseg._instances import PanopticQuality as PanopticQuality
 from jaxseg._instances import panoptic_quality as panoptic_quality
+from jaxseg._instances import LesionWiseScores as LesionWiseScores
+from jaxseg._instances import lesion_wise_scores as lesion_wise_scores

@@ -4,10 +4,13 @@ evaluation."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg.metrics import panoptic_quality
+from jaxseg import _instances
+from jaxseg.metrics import dice_score, lesion_wise_scores, panoptic_quality
 
 torch = pytest.importorskip("torch")
 monai_metrics = pytest.importorskip("monai.metrics")
@@ -122,3 +125,82 @@ def test_panoptic_quality_errors(kwargs, match):
         panoptic_quality(x, x, **options)
     with pytest.raises(ValueError, match="shape"):
         panoptic_quality(x[..., :1], x[..., :1], num_classes=1)
+
+
+# ---------------------------------------------------------------- per-component Dice
+
+
+def _blobs(rng, shape, threshold=0.35, sigma=1.2):
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), (0,) + (sigma,) * (len(shape) - 1))
+    return (noise > threshold).astype(np.int32)
+
+
+def _one_hot_cf(x):
+    return torch.nn.functional.one_hot(torch.as_tensor(x).long(), 2).movedim(-1, 1)
+
+
+def _monai_per_component(pred, label, ignore_empty):
+    import warnings
+
+    metric = monai_metrics.DiceMetric(
+        per_component=True, reduction="none", ignore_empty=ignore_empty
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Voronoi computation is running on CPU"
+        return metric(_one_hot_cf(pred), _one_hot_cf(label)).numpy()
+
+
+@pytest.mark.parametrize("spatial", [(30, 34), (12, 14, 11)], ids=["2d", "3d"])
+@pytest.mark.parametrize("ignore_empty", [True, False])
+def test_per_component_dice_matches_monai(spatial, ignore_empty):
+    rng = np.random.default_rng(len(spatial))
+    label = _blobs(rng, (4, *spatial))
+    pred = _blobs(rng, (4, *spatial))
+    pred[0] = label[0]
+    pred[0, :4] = 0  # some components missed or cut
+    label[1] = 0  # empty label, nonempty prediction
+    label[2] = 0  # both empty
+    pred[2] = 0
+    pred[3] = 0  # empty prediction
+    expected = _monai_per_component(pred, label, ignore_empty)
+    out = np.asarray(dice_score(pred, label, 2, per_component=True, ignore_empty=ignore_empty))
+    assert out.shape == expected.shape == (4, 1)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_per_component_dice_many_small_components_and_ties(ndim):
+    # A lattice of single pixels: many components and many equidistant pixels, where
+    # the Voronoi assignment must break ties as SciPy's feature transform does.
+    rng = np.random.default_rng(11)
+    spatial = (33, 35) if ndim == 2 else (13, 11, 12)
+    label = np.zeros((2, *spatial), np.int32)
+    label[(slice(None), *(slice(0, None, 4) for _ in spatial))] = 1
+    label[1] *= rng.random(spatial) < 0.7
+    pred = (rng.random((2, *spatial)) < 0.3).astype(np.int32)
+    expected = _monai_per_component(pred, label, True)
+    out = np.asarray(dice_score(pred, label, 2, per_component=True))
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_voronoi_regions_match_scipy_feature_transform():
+    rng = np.random.default_rng(5)
+    for spatial in ((17, 19), (9, 8, 10)):
+        seeds = rng.random(spatial) < 0.08
+        components, _ = ndimage.label(seeds, ndimage.generate_binary_structure(len(spatial), 1))
+        indices = ndimage.distance_transform_edt(
+            ~seeds, return_distances=False, return_indices=True
+        )
+        expected = components[tuple(indices)]
+        ours = np.asarray(jax.jit(_instances.voronoi_regions)(jnp.asarray(components, jnp.int32)))
+        np.testing.assert_array_equal(ours, expected)
+
+
+def test_per_component_errors():
+    x = np.zeros((1, 5, 5), np.int32)
+    with pytest.raises(ValueError, match="num_classes"):
+        dice_score(x, x, 3, per_component=True)
+    with pytest.raises(ValueError, match="ignore_index"):
+        dice_score(x, x, 2, per_component=True, ignore_index=0)
+    with pytest.raises(ValueError, match="2 or 3 spatial"):
+        dice_score(x[:, 0], x[:, 0], 2, per_component=True)
