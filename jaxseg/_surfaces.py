@@ -116,7 +116,7 @@ def code_to_area(spacing: jax.Array) -> jax.Array:
         scale = jnp.stack(
             [spacing[1] * spacing[2], spacing[0] * spacing[2], spacing[0] * spacing[1]]
         )
-        normals = jnp.asarray(_NORMALS, jnp.float32) * scale
+        normals = jnp.asarray(_NORMALS, jnp.float32) * scale[None, None]
         # sqrt(0) has an infinite derivative; the areas need none, but stay NaN-free.
         squared = jnp.sum(jnp.square(normals), axis=-1)
         return jnp.sum(jnp.sqrt(squared), axis=-1)
