@@ -256,11 +256,13 @@ def panoptic_quality(
       >>> label = label.at[0, :2, :2].set(jnp.array([1, 1])).at[0, :, 4:].set(jnp.array([2, 1]))
       >>> pred = jnp.zeros((1, 4, 6, 2), jnp.int32)
       >>> pred = pred.at[0, :2, :3].set(jnp.array([5, 1])).at[0, 3, :2].set(jnp.array([7, 1]))
-      >>> result = panoptic_quality(pred, label, num_classes=1)
+      >>> result = panoptic_quality(pred, label, num_classes=1, smooth_numerator=0.0)
       >>> result.tp, result.fp, result.fn
       (Array([1.], dtype=float32), Array([1.], dtype=float32), Array([1.], dtype=float32))
-      >>> result.pq, result.sq, result.rq
-      (Array([0.33333328], dtype=float32), Array([0.66666603], dtype=float32), Array([0.49999976], dtype=float32))
+      >>> result.pq, result.sq
+      (Array([0.33333334], dtype=float32), Array([0.6666667], dtype=float32))
+      >>> result.rq
+      Array([0.5], dtype=float32)
 
     References:
       Kirillov, He, Girshick, Rother & Dollár, "Panoptic Segmentation", CVPR 2019.
@@ -280,7 +282,8 @@ def panoptic_quality(
         or num_classes < 1
     ):
         raise ValueError(
-            f"`num_classes` must be a positive int (classes without the background); got {num_classes!r}."
+            "`num_classes` must be a positive int (the classes without the background); "
+            f"got {num_classes!r}."
         )
     if reduction not in PANOPTIC_REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {PANOPTIC_REDUCTIONS}; got {reduction!r}.")
