@@ -1,6 +1,6 @@
 """3D evaluation metrics: jaxseg against MONAI and SciPy on one volume.
 
-    python -m bench.metrics3d                      # 96^3, writes bench/results/metrics3d.md
+    python -m bench.metrics3d                      # 64^3, writes bench/results/metrics3d.md
     python -m bench.metrics3d --size 48 --repeats 3 --out /tmp/metrics3d.md   # smoke test
 
 Timed, each on the same blobby 3D volume (one sample, channels-last for jaxseg,
@@ -44,7 +44,7 @@ def make_volume(size: int, seed: int = 0) -> dict[str, np.ndarray]:
     noise = ndimage.gaussian_filter(rng.standard_normal((4, *shape)), (0, 3, 3, 3))
     labels = fields.argmax(0).astype(np.int32)
     predictions = (fields + 0.4 * noise).argmax(0).astype(np.int32)
-    blobs = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5) > 0.12
+    blobs = ndimage.gaussian_filter(rng.standard_normal(shape), 2.5) > 0.08
     noisy = blobs ^ (rng.random(shape) < 0.01)
     instance_label, _ = ndimage.label(blobs)
     instance_pred, _ = ndimage.label(noisy)
@@ -187,8 +187,8 @@ def markdown(results, size: int, repeats: int, volume: dict[str, np.ndarray]) ->
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=96)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=Path("bench/results/metrics3d.md"))
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")

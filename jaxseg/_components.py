@@ -23,13 +23,16 @@ Numbering by the raster order of each component's first pixel is also what
 ``scipy.ndimage.label`` does: the labels are equal to SciPy's, not only the same
 partition.
 
-Cost: a round is ``O(size * neighbours)`` work plus ``O(size log d)`` for the jumps.
-The number of rounds is small and grows slowly with the component's shape: hooking
-moves a whole tree's root at once, so long paths do not cost one round per pixel
-(measured in ``tests/test_components.py``: a 2D serpentine of 128 folds, 8,384 pixels
-long, and a square spiral of 8,449 pixels each converge in 3 rounds; random masks in
-2 to 5). The worst case of
-minimum-label propagation without hooking would be the component's diameter.
+Cost: a round is ``O(size)`` work (the neighbourhood minimum is separable: 6
+shifted copies of the labels for 8/26-connectivity, 12 for 18) plus
+``O(size log d)`` for the jumps, d the longest pointer chain. Rounds: at most the
+geodesic radius of the largest component plus one, since a round does at least what
+plain minimum propagation does (one step along every path); in practice far fewer,
+because hooking moves a whole tree's root at once (measured in
+``tests/test_components.py``: a 2D serpentine of 128 folds, 8,384 pixels long, and a
+square spiral of 8,449 pixels each converge in 3 rounds; random masks in 2 to 5).
+Shiloach–Vishkin's unconditional hooking guarantees O(log n) rounds; this conditional
+(minimum) hooking has no such proof, which is why the snakes are tested.
 """
 
 from __future__ import annotations
