@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import statistics
 import time
@@ -91,7 +92,10 @@ def implementations(volume: dict[str, np.ndarray]) -> dict[str, list[tuple[str, 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     preds, labels = jnp.asarray(volume["predictions"]), jnp.asarray(volume["labels"])
     mask = jnp.asarray(volume["mask"])
-    pan_pred, pan_label = jnp.asarray(volume["panoptic_pred"]), jnp.asarray(volume["panoptic_label"])
+    pan_pred, pan_label = (
+        jnp.asarray(volume["panoptic_pred"]),
+        jnp.asarray(volume["panoptic_label"]),
+    )
 
     groups: dict[str, list[tuple[str, object, dict]]] = {}
 
@@ -104,7 +108,11 @@ def implementations(volume: dict[str, np.ndarray]) -> dict[str, list[tuple[str, 
     groups["hausdorff_distance (HD95, 3 classes)"] = [
         ("jaxseg", call, {"compile_s": comp, "temp": temp}),
         ("MONAI HausdorffDistanceMetric", lambda: monai_hd(tp_, ty_), {}),
-        ("SciPy EDT + np.percentile", lambda: scipy_hd95(volume["predictions"], volume["labels"], 4), {}),
+        (
+            "SciPy EDT + np.percentile",
+            lambda: scipy_hd95(volume["predictions"], volume["labels"], 4),
+            {},
+        ),
     ]
 
     call, comp, temp = compiled_jax(
@@ -168,7 +176,9 @@ def markdown(results, size: int, repeats: int, volume: dict[str, np.ndarray]) ->
         f"Machine: {platform.processor() or platform.machine()}, JAX backend "
         f"{jax.default_backend()} ({jax.devices()[0].device_kind}); jax {jax.__version__}, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), MONAI "
-        f"{monai.__version__}, SciPy {scipy.__version__}.",
+        f"{monai.__version__}, SciPy {scipy.__version__}. Load average at the end "
+        f"(1/5/15 min): {' / '.join(f'{x:.1f}' for x in os.getloadavg())} on "
+        f"{os.cpu_count()} cores.",
         "",
         "| metric | implementation | median ms | min-max ms | compile s | XLA temp MiB |",
         "|---|---|---:|---:|---:|---:|",
