@@ -263,6 +263,7 @@ def dice_score(
     ignore_index: int | None = None,
     where: ArrayLike | None = None,
     ignore_empty: bool = True,
+    per_component: bool = False,
 ) -> jax.Array:
     r"""Dice coefficient of hard predictions, per sample and class.
 
@@ -285,9 +286,16 @@ def dice_score(
       where: boolean ``(batch, *spatial)``; False leaves a pixel out.
       ignore_empty: True: NaN where the class is absent from the sample's label.
         False: 1.0 there if the prediction lacks the class too, else 0.0.
+      per_component: MONAI ``DiceMetric(per_component=True)`` (static): for binary maps
+        (``num_classes=2``, 2 or 3 spatial axes), the mean over the connected components
+        of the label's foreground (8- or 26-connected) of the Dice in each component's
+        Voronoi region, one value per sample, ``(batch, 1)`` whatever
+        ``include_background``; see :func:`jaxseg._instances.per_component_dice`. Not
+        combinable with ``ignore_index`` or ``where`` (MONAI ignores them there).
 
     Returns:
-      float32 ``(batch, C')``, ``C' = C - 1`` without the background.
+      float32 ``(batch, C')``, ``C' = C - 1`` without the background; ``(batch, 1)``
+      with ``per_component=True``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -297,7 +305,15 @@ def dice_score(
       Array([[0.6666667, 0.8      ,       nan]], dtype=float32)
       >>> metrics.dice_score(jnp.array([[0, 1, 1, 1]]), labels, 3, ignore_empty=False)
       Array([[0.6666667, 0.8      , 1.       ]], dtype=float32)
+      >>> two_lesions = jnp.array([[[1, 1, 0, 0, 0, 0, 1, 0]]])
+      >>> found_one = jnp.array([[[1, 1, 0, 0, 0, 0, 0, 0]]])
+      >>> metrics.dice_score(found_one, two_lesions, 2, per_component=True)
+      Array([[0.5]], dtype=float32)
     """
+    if per_component:
+        return _per_component_scores(
+            predictions, labels, num_classes, ignore_index, where, ignore_empty
+        )
     return _call_scores(
         "dice",
         predictions,
@@ -308,6 +324,20 @@ def dice_score(
         where=where,
         ignore_empty=ignore_empty,
     )
+
+
+def _per_component_scores(predictions, labels, num_classes, ignore_index, where, ignore_empty):
+    from jaxseg import _instances  # the instance metrics build on this module's checks
+
+    if num_classes != 2:
+        raise ValueError(
+            "`per_component=True` scores binary maps (MONAI needs 2 channels): "
+            f"`num_classes` must be 2; got {num_classes!r}."
+        )
+    if ignore_index is not None or where is not None:
+        raise ValueError("`per_component=True` does not support `ignore_index` or `where`.")
+    predictions, labels, _ = _class_maps(predictions, labels, None, None, num_classes)
+    return _instances.per_component_dice(predictions, labels, ignore_empty=ignore_empty)
 
 
 @_checks.normalised
