@@ -53,7 +53,7 @@ def _float_outputs(terms):
     return tuple(t for i, t in enumerate(terms) if i != 2)  # without the int counts
 
 
-@pytest.mark.parametrize("shape", [(2, 11, 2), (3, 6, 5, 5), (2, 4, 3, 2, 19), (2, 5, 117)])
+@pytest.mark.parametrize("shape", [(2, 11, 2), (2, 4, 3, 2, 19), (2, 5, 117)])
 def test_terms_and_their_derivatives_match_float64(shape):
     rng = np.random.default_rng(sum(shape))
     num_classes = shape[-1]
