@@ -9,7 +9,8 @@ Workloads: 2D logits of about 8 MiB in float32, ``(8, H, W, C)`` with ``H W C = 
 at 2, 4, 5, 8, 14, 19, 32, 64, 117 and 150 classes, and 3D ``(1, 64, 64, 64, C)`` at 14
 and 117 classes; float32 and bfloat16 (torch runs in float32 only). Every
 implementation is ``value_and_grad`` from integer labels. Per workload, all
-implementations are compiled, warmed up, then timed in interleaved rounds whose order
+implementations are compiled, warmed up, then timed in interleaved rounds (10, capped
+by a 15 s timing budget per workload, at least 3) whose order
 alternates between a rotation and its reverse (balanced: each implementation runs as
 often early as late in a round and after each neighbour). Ratios to optax CE are of
 medians measured in the same rounds, in the same process. Temporary memory is XLA's
@@ -40,6 +41,7 @@ PIXELS_TIMES_CLASSES = 2**18  # per sample: 8 samples x 2**18 float32 = 8 MiB
 
 JAXSEG = ("cross_entropy", "dice_loss", "dice_ce", "focal_loss", "dice_focal")
 BASELINE = "optax CE"
+ROUND_BUDGET_S = 15.0  # timing budget per workload, seconds
 
 
 def shape_2d(classes: int) -> tuple[int, ...]:
@@ -117,6 +119,10 @@ def bench_one(workload: Workload, rounds: int, with_torch: bool) -> dict[str, An
             item = timing.prepare_torch("sweep", name, fn, logits_cf, labels_np, layout, "cpu")
         timing.warm_up(item, 2, 0.01)
         prepared.append(item)
+    # A 3D workload at 117 classes takes seconds per round: the rounds are capped by a
+    # time budget (at least 3), so the whole sweep stays near 10 minutes.
+    per_round = sum(p.estimate_s for p in prepared)
+    rounds = int(min(rounds, max(3, ROUND_BUDGET_S // max(per_round, 1e-9))))
     _run_balanced(prepared, rounds)
     medians = {p.name: float(np.median(p.samples)) for p in prepared}
     base = medians.get(BASELINE)
@@ -138,6 +144,7 @@ def bench_one(workload: Workload, rounds: int, with_torch: bool) -> dict[str, An
         "shape": list(workload.shape),
         "classes": workload.classes,
         "dtype": workload.dtype,
+        "rounds": rounds,
         "logits_bytes": workload.logits_bytes(),
         "rows": rows,
     }
