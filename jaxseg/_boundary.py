@@ -208,6 +208,7 @@ def _boundary_loss(
     )
 
 
+@_checks.normalised
 def boundary_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -357,6 +358,7 @@ def _hausdorff_dt_loss(
     return jnp.log1p(value) if log else value
 
 
+@_checks.normalised
 def hausdorff_dt_loss(
     logits: ArrayLike,
     labels: ArrayLike,

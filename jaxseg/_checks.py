@@ -238,6 +238,18 @@ def _scales_or_array(name: str, value: Any) -> Any:
     return as_array_or_arrays(name, value)
 
 
+def count(*, optional: bool = False, low: int = 0) -> Rule:
+    """A rule for an integer option (a count or a size) that must be ``>= low``."""
+
+    def rule(name: str, value: Any) -> int | None:
+        value = as_int(name, value, optional=optional)
+        if value is not None and value < low:
+            raise ValueError(f"`{name}` must be an int >= {low}; got {value!r}.")
+        return value
+
+    return rule
+
+
 NONNEGATIVE = number(low=0)
 NONNEGATIVE_PER_CLASS = number(low=0, per_class=True, optional=True)
 UNIT_INTERVAL = number(low=0, high=1)
@@ -253,6 +265,10 @@ RULES: dict[str, Rule] = {
     "predictions": as_array,
     "mask": as_array,
     "where": as_optional_array,
+    "pixel_weights": as_optional_array,
+    "distance_matrix": as_array,
+    "predicted_instances": as_array,
+    "label_instances": as_array,
     "class_weights": NONNEGATIVE_PER_CLASS,
     "pos_weight": NONNEGATIVE_PER_CLASS,
     # Real-number options (traced: never recompilation keys).
@@ -267,9 +283,23 @@ RULES: dict[str, Rule] = {
     "percentile": number(low=0, high=100, optional=True),
     "tolerance": number(low=0, per_class=True),
     "spacing": number(low=0, low_open=True, per_class=True, optional=True),
+    "k": number(low=0, high=100, low_open=True),
+    "weight": UNIT_INTERVAL,
+    "delta": UNIT_INTERVAL,
+    "epsilon": number(low=0, high=0.5),
+    "smooth_harmonic": NONNEGATIVE,
+    "smooth_numerator": NONNEGATIVE,
+    "match_iou_threshold": number(low=0.5, high=1),
+    "min_size": NONNEGATIVE,
+    "missing_hd95": NONNEGATIVE,
     # Static options.
     "ignore_index": _optional_int,
     "num_classes": _num_classes,
+    "iterations": count(),
+    "dilation": count(),
+    "connectivity": count(optional=True, low=1),
+    "max_components": count(optional=True, low=1),
+    "max_lesions": count(low=1),
     "include_background": as_bool,
     "batch": as_bool,
     "squared": as_bool,
@@ -278,6 +308,8 @@ RULES: dict[str, Rule] = {
     "directed": as_bool,
     "ignore_empty": as_bool,
     "return_components": as_bool,
+    "symmetric": as_bool,
+    "log": as_bool,
 }
 #: Rules for every argument whose name starts with a prefix (the compound losses' term
 #: weights ``lambda_dice``, ``lambda_ce``, ...).

@@ -47,6 +47,8 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
+from jaxseg import _checks
+
 __all__ = ["Components", "connected_components"]
 
 # Accepted connectivities by number of spatial axes, as neighbour counts; the first is
@@ -230,6 +232,7 @@ def _check_mask(mask: jax.Array) -> None:
         )
 
 
+@_checks.normalised
 def connected_components(
     mask: ArrayLike, *, connectivity: int | None = None, max_components: int | None = None
 ) -> Components:

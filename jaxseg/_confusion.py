@@ -215,6 +215,7 @@ def _batch_scores(
     return scores if include_background else {k: v[:, 1:] for k, v in scores.items()}
 
 
+@_checks.normalised
 def confusion_metrics(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -284,7 +285,9 @@ def confusion_metrics(
     _checks.check_num_classes(num_classes, include_background)
     names = metric_names(metrics)
     _check_beta(beta)
-    predictions, labels, where = _metrics._class_maps(predictions, labels, where, ignore_index)
+    predictions, labels, where = _metrics._class_maps(
+        predictions, labels, where, ignore_index, int(num_classes)
+    )
     return _batch_scores(
         predictions,
         labels,
@@ -297,6 +300,7 @@ def confusion_metrics(
     )
 
 
+@_checks.normalised
 def fbeta_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -374,6 +378,7 @@ def _generalized_dice_score(
     return jnp.where(denominator != 0, numerator / jnp.where(denominator != 0, denominator, 1), 1.0)
 
 
+@_checks.normalised
 def generalized_dice_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -425,7 +430,9 @@ def generalized_dice_score(
     """
     _checks.check_num_classes(num_classes, include_background)
     _checks.check_option("weight_type", weight_type, _WEIGHT_TYPES)
-    predictions, labels, where = _metrics._class_maps(predictions, labels, where, ignore_index)
+    predictions, labels, where = _metrics._class_maps(
+        predictions, labels, where, ignore_index, int(num_classes)
+    )
     return _generalized_dice_score(
         predictions,
         labels,
@@ -463,6 +470,7 @@ def _absolute_volume_difference(
     return difference if include_background else difference[:, 1:]
 
 
+@_checks.normalised
 def absolute_volume_difference(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -516,7 +524,9 @@ def absolute_volume_difference(
       Benchmark and Challenge", IEEE TMI 38(8), 2019.
     """
     _checks.check_num_classes(num_classes, include_background)
-    predictions, labels, where = _metrics._class_maps(predictions, labels, where, ignore_index)
+    predictions, labels, where = _metrics._class_maps(
+        predictions, labels, where, ignore_index, int(num_classes)
+    )
     batch, ndim = predictions.shape[0], predictions.ndim - 1
     voxel_volume = jnp.prod(_distance._batch_spacing(spacing, batch, ndim), axis=-1)
     return _absolute_volume_difference(

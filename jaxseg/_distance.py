@@ -568,6 +568,7 @@ def _average_surface_distance(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
+@_checks.normalised
 def average_surface_distance(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -630,9 +631,7 @@ def average_surface_distance(
       Heimann et al., "Comparison and Evaluation of Methods for Liver Segmentation From
       CT Datasets", IEEE TMI 28(8), 2009.
     """
-    predictions = jnp.asarray(predictions)
-    labels = jnp.asarray(labels)
-    _check_class_maps(predictions, labels)
+    predictions, labels = _class_maps(predictions, labels)
     _checks.check_num_classes(num_classes, include_background)
     spacing = _batch_spacing(spacing, predictions.shape[0], predictions.ndim - 1)
     return _average_surface_distance(

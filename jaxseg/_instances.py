@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _components, _distance, _surfaces
+from jaxseg import _checks, _components, _distance, _surfaces
 
 __all__ = [
     "LesionWiseScores",
@@ -191,6 +191,7 @@ def _check_panoptic_input(x: jax.Array, name: str) -> None:
         )
 
 
+@_checks.normalised
 def panoptic_quality(
     predicted_instances: ArrayLike,
     label_instances: ArrayLike,
@@ -540,6 +541,7 @@ def _lesion_wise_scores(predictions, labels, spacing, min_size, missing, *, dila
     )
 
 
+@_checks.normalised
 def lesion_wise_scores(
     predictions: ArrayLike,
     labels: ArrayLike,

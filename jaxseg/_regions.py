@@ -78,6 +78,7 @@ def _regions_from_labels(labels, *, regions, dtype):
     return jnp.stack(masks, axis=-1).astype(dtype)
 
 
+@_checks.normalised
 def regions_from_labels(
     labels: ArrayLike,
     regions: Sequence[int | Sequence[int]],

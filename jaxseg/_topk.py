@@ -131,6 +131,7 @@ def _topk_cross_entropy(
     return _reduce.safe_divide(total, count.astype(total.dtype))
 
 
+@_checks.normalised
 def topk_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -200,6 +201,7 @@ def topk_cross_entropy(
         where=where,
         class_weights=class_weights,
         reduction=reduction,
+        pixel_weights=None,
     )
     _checks.check_unit_interval("label_smoothing", label_smoothing)
     if not isinstance(k, jax.core.Tracer):

@@ -162,6 +162,7 @@ def _check_iterations(iterations: Any) -> None:
         raise ValueError(f"`iterations` must be >= 0; got {iterations}.")
 
 
+@_checks.normalised
 def cldice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -259,6 +260,7 @@ def cldice_loss(
 _DICE_CLDICE = combine(dice=dice_loss, cldice=cldice_loss)
 
 
+@_checks.normalised(alpha=_checks.UNIT_INTERVAL)
 def dice_cldice(
     logits: ArrayLike,
     labels: ArrayLike,

@@ -84,6 +84,7 @@ def _asymmetric_unified_focal_loss(
     return _reduce.weighted_reduce(loss, jnp.ones_like(loss), reduction, axis_name)
 
 
+@_checks.normalised
 def asymmetric_unified_focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,

@@ -80,6 +80,7 @@ def _generalized_wasserstein_dice_loss(
     return _reduce.weighted_reduce(loss, jnp.ones_like(loss), reduction, axis_name)
 
 
+@_checks.normalised
 def generalized_wasserstein_dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,

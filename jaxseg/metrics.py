@@ -4,6 +4,8 @@ Overlap scores and a mergeable statistics state (:mod:`jaxseg._metrics`), and
 boundary-distance metrics (:mod:`jaxseg._distance`).
 """
 
+from jaxseg._components import Components as Components
+from jaxseg._components import connected_components as connected_components
 from jaxseg._confusion import CONFUSION_METRICS as CONFUSION_METRICS
 from jaxseg._confusion import absolute_volume_difference as absolute_volume_difference
 from jaxseg._confusion import confusion_metrics as confusion_metrics
@@ -14,6 +16,10 @@ from jaxseg._distance import boundary_mask as boundary_mask
 from jaxseg._distance import euclidean_distance_transform as euclidean_distance_transform
 from jaxseg._distance import hausdorff_distance as hausdorff_distance
 from jaxseg._distance import surface_dice as surface_dice
+from jaxseg._instances import LesionWiseScores as LesionWiseScores
+from jaxseg._instances import PanopticQuality as PanopticQuality
+from jaxseg._instances import lesion_wise_scores as lesion_wise_scores
+from jaxseg._instances import panoptic_quality as panoptic_quality
 from jaxseg._metrics import MetricState as MetricState
 from jaxseg._metrics import compute as compute
 from jaxseg._metrics import confusion_matrix as confusion_matrix
@@ -26,9 +32,3 @@ from jaxseg._metrics import merge as merge
 from jaxseg._metrics import metric_state as metric_state
 from jaxseg._metrics import predictions_from_logits as predictions_from_logits
 from jaxseg._metrics import update as update
-from jaxseg._components import Components as Components
-from jaxseg._components import connected_components as connected_components
-from jaxseg._instances import PanopticQuality as PanopticQuality
-from jaxseg._instances import panoptic_quality as panoptic_quality
-from jaxseg._instances import LesionWiseScores as LesionWiseScores
-from jaxseg._instances import lesion_wise_scores as lesion_wise_scores
