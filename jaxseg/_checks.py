@@ -342,28 +342,6 @@ def normalise_arguments(
     return out
 
 
-class ForwardModeError(TypeError):
-    """Forward-mode autodiff reached a kernel that has a custom VJP and no JVP rule."""
-
-
-_CUSTOM_VJP_JVP = "can't apply forward-mode autodiff (jvp) to a custom_vjp function"
-
-
-def forward_mode_error(name: str) -> ForwardModeError:
-    """The error raised when forward-mode autodiff meets a custom-VJP kernel in ``name``."""
-    return ForwardModeError(
-        f"`{name}`: forward-mode autodiff (jax.jvp, jax.jacfwd, jax.linearize) reached a "
-        "custom-VJP kernel, which has no forward-mode rule. Such kernels serve the fused "
-        "softmax path: activation='softmax' with integer labels (the Dice family and "
-        "cross-entropy with at most 4 classes, the focal loss with any number). Ways "
-        "around it: reverse mode (jax.grad, jax.vjp, jax.jacrev; Hessians and "
-        "Hessian-vector products as jax.hessian or jax.jvp(jax.grad(f)) work), or dense "
-        "one-hot labels, jax.nn.one_hot(labels, num_classes) (exclude pixels with "
-        "`where`), which take the generic path and support forward mode. See "
-        "docs/robustness.md."
-    )
-
-
 def normalised(fn: Callable | None = None, /, **rules: Rule | None) -> Callable:
     """Decorator: the one input-normalisation step of a public entry point.
 
@@ -380,9 +358,7 @@ def normalised(fn: Callable | None = None, /, **rules: Rule | None) -> Callable:
        cannot; number options are checked for type (numbers, not strings or bools),
        shape (scalars unless per class), finiteness and range; ints (``ignore_index``,
        ``num_classes``) and bools are checked for type (a bool is not an int);
-    3. calls ``fn`` with the normalised arguments, and turns JAX's bare "can't apply
-       forward-mode autodiff (jvp) to a custom_vjp function" into a
-       :class:`ForwardModeError` naming ``fn``, the cause and the ways around it.
+    3. calls ``fn`` with the normalised arguments.
 
     Shapes and dtypes are then checked by ``fn`` itself (chex assertions such as
     :func:`check_logits_labels`). The wrapper keeps ``fn``'s name, docstring and
@@ -411,14 +387,7 @@ def normalised(fn: Callable | None = None, /, **rules: Rule | None) -> Callable:
         arguments.update(normalise_arguments(arguments, rules))
         if extra:
             arguments[var_keyword] = normalise_arguments(extra, rules)
-        try:
-            return fn(*bound.args, **bound.kwargs)
-        except ForwardModeError:
-            raise
-        except TypeError as error:
-            if _CUSTOM_VJP_JVP in str(error):
-                raise forward_mode_error(wrapper.__name__) from error
-            raise
+        return fn(*bound.args, **bound.kwargs)
 
     return wrapper
 
