@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-multidevice lint format bench quickstart clean
+.PHONY: demo demo3d test test-fast test-multidevice lint format bench quickstart clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,11 +13,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[test,examples,bench]"
 	# Data-only and oracle-only packages: their own dependencies are not needed.
-	$(BIN)/python -m pip install -q --no-deps stardist segmentation-models-pytorch
+	$(BIN)/python -m pip install -q --no-deps stardist segmentation-models-pytorch nilearn
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.unet.train $(ARGS)
+
+# 3D U-Net on the MNI ICBM152 template (in the nilearn wheel); ARGS="--processes 2" etc.
+demo3d: $(STAMP)
+	$(BIN)/python -m examples.unet3d.train $(ARGS)
 
 quickstart: $(STAMP)
 	$(BIN)/python examples/quickstart.py

@@ -142,6 +142,9 @@ class CropIndices(grain.sources.RandomAccessDataSource):
     def __getitem__(self, index: int) -> int:
         return index
 
+    def __repr__(self) -> str:  # grain checks it when a checkpoint is restored
+        return f"CropIndices(num_records={self._num_records})"
+
 
 class RandomCrop(grain.transforms.RandomMap):
     """An augmented ``crop x crop`` window of ``split``; the generator comes from grain."""

@@ -65,7 +65,11 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
 
 
 def create_model_and_optimizer(
-    config: default.Config, sharding: jax.sharding.Sharding | None = None
+    config: default.Config,
+    sharding: jax.sharding.Sharding | None = None,
+    *,
+    num_classes: int = input_pipeline.NUM_CLASSES,
+    spatial_dims: int = 2,
 ) -> tuple[UNet, nnx.Optimizer]:
     """A freshly initialised U-Net and its Adam optimizer (warmup, then cosine decay).
 
@@ -83,7 +87,11 @@ def create_model_and_optimizer(
 
     def create() -> tuple[UNet, nnx.Optimizer]:
         model = UNet(
-            1, input_pipeline.NUM_CLASSES, features=config.features, rngs=nnx.Rngs(config.seed)
+            1,
+            num_classes,
+            features=config.features,
+            spatial_dims=spatial_dims,
+            rngs=nnx.Rngs(config.seed),
         )
         return model, nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
 
@@ -166,13 +174,14 @@ class DataParallel:
         )
 
 
-def _parallel(config: default.Config) -> DataParallel | None:
+def data_parallel(config: default.Config) -> DataParallel | None:
+    """The placement of a data-parallel run: with ``--data-parallel`` or several processes."""
     return DataParallel() if config.data_parallel or jax.process_count() > 1 else None
 
 
 def train_losses(config: default.Config) -> list[float]:
     """The losses of ``config.steps`` training steps, with no evaluation (for tests)."""
-    parallel = _parallel(config)
+    parallel = data_parallel(config)
     model, optimizer = create_model_and_optimizer(config, parallel and parallel.replicated)
     train, _ = input_pipeline.load_splits()
     batches = iter(
@@ -256,7 +265,7 @@ def train_and_evaluate(
     batches = iter(
         input_pipeline.training_loader(train, config.crop, config.batch_size, config.seed)
     )
-    parallel = _parallel(config)
+    parallel = data_parallel(config)
     model, optimizer = create_model_and_optimizer(config, parallel and parallel.replicated)
     validation_images = validation.image[None, :, :, None]
     if parallel:
