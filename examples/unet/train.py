@@ -466,7 +466,12 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--stop-at", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="stop after this step's checkpoint, as a preemption would (then --resume)",
+    )
     # Set by the launcher for each process it starts.
     parser.add_argument("--coordinator", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
