@@ -1,4 +1,4 @@
-"""The MNI ICBM152 2009a template: a T1 head volume with grey- and white-matter maps.
+"""The MNI ICBM152 2009a template: a T1 brain volume with grey- and white-matter maps.
 
 The nilearn wheel ships the symmetric ICBM152 2009a non-linear template (T1 image and
 tissue probability maps, 197 x 233 x 189 voxels of 1 mm) under
@@ -6,10 +6,11 @@ tissue probability maps, 197 x 233 x 189 voxels of 1 mm) under
 located through ``importlib.metadata`` and read with nibabel; nilearn itself is never
 imported (install it with ``pip install --no-deps nilearn``).
 
-The volume is averaged down to 2 mm voxels and cropped to the head. Four classes come
-from the probability maps (the most probable of): 0 background (outside the head),
-1 grey matter, 2 white matter, 3 other tissue (the rest of the head: cerebrospinal fluid,
-skull, scalp). An axial slab is held out for validation (:data:`HELD_OUT`); training
+The volume is averaged down to 2 mm voxels and cropped to the brain (the T1 image of this
+release is brain-extracted). Four classes come from the probability maps (the most
+probable of): 0 background (outside the brain), 1 grey matter, 2 white matter, 3 other
+brain tissue (the brain's remaining probability: cerebrospinal fluid of the ventricles
+and sulci, vessels). An axial slab is held out for validation (:data:`HELD_OUT`); training
 draws random patches that lie wholly in the slabs below and above it.
 
 References:
@@ -31,7 +32,7 @@ import grain
 import numpy as np
 
 NUM_CLASSES = 4
-CLASS_NAMES = ("background", "grey matter", "white matter", "other tissue")
+CLASS_NAMES = ("background", "grey matter", "white matter", "other brain tissue")
 SPACING_MM = 2.0
 # The held-out axial slab, as fractions of the cropped height (inferior to superior):
 # it crosses the ventricles, deep grey matter and cortex.
@@ -73,19 +74,20 @@ def _downsample(volume: np.ndarray, factor: int) -> np.ndarray:
 
 
 def tissue_classes(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
-    """The most probable of background, grey matter, white matter and other tissue.
+    """The most probable of background, grey matter, white matter and other brain tissue.
 
-    ``gm`` and ``wm`` are probabilities; the head is where the T1 intensity exceeds 10%
-    of its maximum, and other tissue takes the head's remaining probability.
+    ``gm`` and ``wm`` are probabilities; the brain is where the (brain-extracted) T1
+    intensity exceeds 10% of its maximum, and other brain tissue takes the brain's
+    remaining probability.
     """
-    head = (t1 > 0.1 * t1.max()).astype(np.float32)
-    other = head * np.clip(1 - gm - wm, 0, 1)
-    probabilities = np.stack([1 - head, gm * head, wm * head, other], axis=-1)
+    brain = (t1 > 0.1 * t1.max()).astype(np.float32)
+    other = brain * np.clip(1 - gm - wm, 0, 1)
+    probabilities = np.stack([1 - brain, gm * brain, wm * brain, other], axis=-1)
     return np.argmax(probabilities, axis=-1).astype(np.int32)
 
 
 def load_volume(multiple: int = 8) -> Volume:
-    """The 2 mm volume cropped to the head, each side a multiple of ``multiple``."""
+    """The 2 mm volume cropped to the brain, each side a multiple of ``multiple``."""
     import nibabel  # an example dependency, not one of jaxseg's
 
     paths = data_files()
@@ -93,7 +95,7 @@ def load_volume(multiple: int = 8) -> Volume:
     factor = int(SPACING_MM)
     t1, gm, wm = (_downsample(arrays[k], factor) for k in ("t1", "gm", "wm"))
     labels = tissue_classes(t1, gm, wm)
-    # Crop to the head's bounding box, grown to a multiple of `multiple` per axis.
+    # Crop to the brain's bounding box, grown to a multiple of `multiple` per axis.
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)

@@ -11,7 +11,7 @@ def test_tissue_classes_take_the_most_probable_tissue():
     t1 = np.array([0.0, 1.0, 1.0, 1.0, 0.05])
     gm = np.array([0.9, 0.6, 0.2, 0.1, 0.9])
     wm = np.array([0.0, 0.3, 0.7, 0.1, 0.0])
-    # Outside the head (T1 <= 10% of its maximum) is background whatever the maps say.
+    # Outside the brain (T1 <= 10% of its maximum) is background whatever the maps say.
     np.testing.assert_array_equal(input_pipeline.tissue_classes(t1, gm, wm), [0, 1, 2, 3, 0])
 
 
