@@ -25,6 +25,7 @@ References:
 """
 
 import dataclasses
+import functools
 import importlib.metadata
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def tissue_classes(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray
     return np.argmax(probabilities, axis=-1).astype(np.int32)
 
 
+@functools.cache  # a few seconds of decompression; the arrays are not modified
 def load_volume(multiple: int = 8) -> Volume:
     """The 2 mm volume cropped to the brain, each side a multiple of ``multiple``."""
     import nibabel  # an example dependency, not one of jaxseg's
