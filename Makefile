@@ -28,6 +28,7 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m ruff check jaxseg tests examples bench
+	# Includes tests/multiprocess, which starts its own 2-process JAX cluster (4 CPU devices each).
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 	# Scale-out tests: a second process with 8 host devices (XLA reads the flag at start).
 	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests/multidevice
