@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _checks
+from jaxseg import _checks, _sharding
 
 __all__ = [
     "average_surface_distance",
@@ -230,6 +230,7 @@ def euclidean_distance_transform(mask: ArrayLike, *, spacing: ArrayLike | None =
     """
     mask = jnp.asarray(mask)
     _check_mask(mask, "mask")
+    (mask,) = _sharding.replicated(mask)  # padding a sharded axis is not defined
     return _distance_transform(mask, _spacing_vector(spacing, mask.ndim))
 
 
@@ -282,6 +283,7 @@ def boundary_mask(mask: ArrayLike) -> jax.Array:
     """
     mask = jnp.asarray(mask)
     _check_mask(mask, "mask")
+    (mask,) = _sharding.replicated(mask)  # padding a sharded axis is not defined
     return _boundary_mask(mask)
 
 
@@ -502,6 +504,7 @@ def hausdorff_distance(
             raise ValueError(f"`percentile` must lie in [0, 100] or be None; got {percentile!r}.")
     quantile = jnp.asarray(100.0 if percentile is None else percentile, jnp.float32) / 100.0
     spacing = _batch_spacing(spacing, predictions.shape[0], predictions.ndim - 1)
+    predictions, labels = _sharding.replicated(predictions, labels)
     return _hausdorff_distance(
         predictions,
         labels,
@@ -744,6 +747,7 @@ def surface_dice(
             raise ValueError(f"`tolerance` must be finite and >= 0; got {tolerance!r}.")
     tolerance = jnp.broadcast_to(jnp.asarray(tolerance, jnp.float32), (num_classes,))
     spacing = _batch_spacing(spacing, predictions.shape[0], predictions.ndim - 1)
+    predictions, labels = _sharding.replicated(predictions, labels)
     return _surface_dice(
         predictions,
         labels,

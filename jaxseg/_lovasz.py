@@ -34,8 +34,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jaxseg import _checks, _reduce, _stats
+from jaxseg import _checks, _reduce, _sharding, _stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -151,6 +153,50 @@ def _gather(x: jax.Array, axis_name: AxisName) -> jax.Array:
     padded = jax.lax.dynamic_update_slice_in_dim(padded, summable, start, axis=0)
     gathered = _stats.psum(padded, axis_name)
     return gathered.astype(jnp.bool_) if x.dtype == jnp.bool_ else gathered
+
+
+def _run_sharded(fn, arrays, *, per_image, reduction, axis_name):
+    """Runs ``fn(*arrays, axis_name=...)``, under ``shard_map`` if the batch is explicit.
+
+    Under ``jit`` with inputs on a mesh with ``Explicit`` axes, the sharding is part of
+    the type: the per-batch problem merges the sharded batch axis into the pixel axis (a
+    reshape with no defined sharding), and the per-image problem maps over it. Both are
+    then computed as inside ``shard_map``, over the mesh axes that shard the batch, with
+    those axes as ``axis_name`` (the errors of every shard are gathered per batch, the mean
+    over images is global). Axes that shard other dimensions are gathered first. Inputs on
+    ``Auto`` meshes, or not sharded, take the plain path. ``arrays`` holds the logits,
+    labels and ``where`` (batch-sharded; None entries skipped) then replicated options.
+    """
+    sharding = _sharding.explicit_sharding(arrays[0])
+    if sharding is None:
+        return fn(*arrays, axis_name=axis_name)
+    mesh = sharding.mesh
+    batch_axes = _sharding.mesh_axes(sharding.spec[0])
+    batch_spec = P(batch_axes or None)
+    on_batch = NamedSharding(mesh, batch_spec)
+    if not batch_axes:
+        gathered = [a if a is None or i >= 3 else jax.sharding.reshard(a, on_batch)
+                    for i, a in enumerate(arrays)]  # fmt: skip
+        return fn(*gathered, axis_name=axis_name)
+    present = [i for i, a in enumerate(arrays) if a is not None]
+    batched = [jax.sharding.reshard(arrays[i], on_batch) for i in present if i < 3]
+    option_indices = [i for i in present if i >= 3]
+    options = [jax.sharding.reshard(arrays[i], NamedSharding(mesh, P())) for i in option_indices]
+    inner_axis = (*_sharding.mesh_axes(axis_name), *batch_axes)
+
+    def local(*values):
+        full = [None] * len(arrays)
+        for i, value in zip(present, values, strict=True):
+            full[i] = value
+        return fn(*full, axis_name=inner_axis)
+
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(*[batch_spec] * len(batched), *[P()] * len(options)),
+        out_specs=batch_spec if reduction == "none" and per_image else P(),
+        axis_names=set(batch_axes),
+    )(*batched, *options)
 
 
 def _per_image_mean(values: jax.Array, has_pixels: jax.Array, reduction: str, axis_name):
@@ -315,15 +361,22 @@ def lovasz_softmax_loss(
                 f"`classes` must be 'present', 'all' or a non-empty sequence of class "
                 f"indices in [0, {num_classes}); got {classes!r}."
             )
-    return _lovasz_softmax(
-        jnp.asarray(logits),
-        jnp.asarray(labels),
-        None if where is None else jnp.asarray(where),
-        None if class_weights is None else jnp.asarray(class_weights),
+    return _run_sharded(
+        functools.partial(
+            _lovasz_softmax,
+            per_image=bool(per_image),
+            classes=classes,
+            activation=activation,
+            ignore_index=ignore_index,
+            reduction=reduction,
+        ),
+        (
+            jnp.asarray(logits),
+            jnp.asarray(labels),
+            None if where is None else jnp.asarray(where),
+            None if class_weights is None else jnp.asarray(class_weights),
+        ),
         per_image=bool(per_image),
-        classes=classes,
-        activation=activation,
-        ignore_index=ignore_index,
         reduction=reduction,
         axis_name=axis_name,
     )
@@ -413,12 +466,19 @@ def lovasz_hinge_loss(
             f"*spatial, 1); got shape {jnp.shape(logits)}. Use lovasz_softmax_loss for "
             "several classes."
         )
-    return _lovasz_hinge(
-        jnp.asarray(logits),
-        jnp.asarray(labels),
-        None if where is None else jnp.asarray(where),
+    return _run_sharded(
+        functools.partial(
+            _lovasz_hinge,
+            per_image=bool(per_image),
+            ignore_index=ignore_index,
+            reduction=reduction,
+        ),
+        (
+            jnp.asarray(logits),
+            jnp.asarray(labels),
+            None if where is None else jnp.asarray(where),
+        ),
         per_image=bool(per_image),
-        ignore_index=ignore_index,
         reduction=reduction,
         axis_name=axis_name,
     )

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import _checks, _overlap, _stats
+from jaxseg import _checks, _overlap, _sharding, _stats
 from jaxseg._stats import OverlapStats
 
 ArrayLike = jax.typing.ArrayLike
@@ -198,6 +198,8 @@ def confusion_matrix(
     predictions, labels, where = _class_maps(
         predictions, labels, where, ignore_index, int(num_classes)
     )
+    # A scatter over an explicitly sharded batch is not defined: the maps are gathered.
+    predictions, labels, where = _sharding.replicated(predictions, labels, where)
     return _confusion_matrix(
         predictions, labels, where, num_classes=int(num_classes), ignore_index=ignore_index
     )

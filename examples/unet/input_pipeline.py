@@ -11,6 +11,11 @@ The instance mask becomes three semantic classes (:func:`instances_to_classes`):
 (columns 384:512) is held out for validation; training samples random crops with
 random flips and 90-degree rotations from the rest.
 
+Training batches come from grain (:func:`training_loader`): record ``i`` is one random
+crop drawn with a generator seeded by ``(seed, i)``, the sampler gives each JAX process
+its own records (``ShardByJaxProcess``), and the iterator's position is a small state
+that orbax checkpoints with the model, so a resumed run sees the same batches.
+
 References:
     Caicedo et al., "Nucleus segmentation across imaging experiments: the 2018 Data
     Science Bowl", Nature Methods 16, 1247-1253, 2019.
@@ -21,9 +26,9 @@ References:
 
 import dataclasses
 import importlib.metadata
-from collections.abc import Iterator
 from pathlib import Path
 
+import grain
 import numpy as np
 
 NUM_CLASSES = 3
@@ -125,24 +130,72 @@ def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
     return image, labels
 
 
-def random_crops(
-    split: Split, crop: int, batch_size: int, seed: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless batches of augmented crops, deterministic from ``seed``.
+class CropIndices(grain.sources.RandomAccessDataSource):
+    """Record ``i`` is the index of the ``i``-th random crop (the crop is made by a map)."""
 
-    Yields images ``(batch_size, crop, crop, 1)`` float32 and labels
-    ``(batch_size, crop, crop)`` int32.
+    def __init__(self, num_records: int):
+        self._num_records = num_records
+
+    def __len__(self) -> int:
+        return self._num_records
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def __repr__(self) -> str:  # grain checks it when a checkpoint is restored
+        return f"CropIndices(num_records={self._num_records})"
+
+
+class RandomCrop(grain.transforms.RandomMap):
+    """An augmented ``crop x crop`` window of ``split``; the generator comes from grain."""
+
+    def __init__(self, split: Split, crop: int):
+        height, width = split.labels.shape
+        if crop > min(height, width):
+            raise ValueError(f"crop={crop} exceeds the training region {height}x{width}")
+        self.split, self.crop = split, crop
+
+    def random_map(self, element: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        del element  # the crop depends on the record only through grain's seeded rng
+        height, width = self.split.labels.shape
+        top = int(rng.integers(height - self.crop + 1))
+        left = int(rng.integers(width - self.crop + 1))
+        window = np.s_[top : top + self.crop, left : left + self.crop]
+        image, labels = augment(self.split.image[window], self.split.labels[window], rng)
+        return {
+            "image": np.ascontiguousarray(image, np.float32)[..., None],
+            "labels": np.ascontiguousarray(labels, np.int32),
+        }
+
+
+def training_loader(
+    split: Split, crop: int, batch_size: int, seed: int, num_records: int = 1 << 30
+) -> grain.DataLoader:
+    """This process's batches of augmented crops, deterministic from ``seed``.
+
+    ``batch_size`` is the global batch; each of the ``jax.process_count()`` processes
+    reads ``batch_size / process_count`` records of its own shard per step (grain's
+    ``ShardByJaxProcess``). Yields ``{"image": (b, crop, crop, 1) float32, "labels":
+    (b, crop, crop) int32}`` with ``b`` the per-process batch.
     """
-    height, width = split.labels.shape
-    if crop > min(height, width):
-        raise ValueError(f"crop={crop} exceeds the training region {height}x{width}")
-    rng = np.random.default_rng(seed)
-    while True:
-        images = np.empty((batch_size, crop, crop, 1), np.float32)
-        labels = np.empty((batch_size, crop, crop), np.int32)
-        for i in range(batch_size):
-            top = int(rng.integers(height - crop + 1))
-            left = int(rng.integers(width - crop + 1))
-            window = np.s_[top : top + crop, left : left + crop]
-            images[i, ..., 0], labels[i] = augment(split.image[window], split.labels[window], rng)
-        yield images, labels
+    import jax
+
+    processes = jax.process_count()
+    if batch_size % processes:
+        raise ValueError(f"batch size {batch_size} is not divisible by {processes} processes")
+    sampler = grain.samplers.IndexSampler(
+        num_records=num_records,
+        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+        shuffle=False,
+        num_epochs=1,
+        seed=seed,
+    )
+    return grain.DataLoader(
+        data_source=CropIndices(num_records),
+        sampler=sampler,
+        operations=[
+            RandomCrop(split, crop),
+            grain.transforms.Batch(batch_size // processes, drop_remainder=True),
+        ],
+        worker_count=0,  # crops cost microseconds; worker processes would cost more
+    )

@@ -6,26 +6,42 @@ Usage::
     python -m examples.unet.train --loss dice_focal --steps 1000
     XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
         python -m examples.unet.train --data-parallel  # batch sharded over 8 host devices
+    python -m examples.unet.train --processes 2        # 2 local processes, one JAX cluster
+    python -m examples.unet.train --resume             # continue from the last checkpoint
+    python -m examples.unet.train --distributed        # on each host of a pod
 
-The same code runs on CPU, GPU and TPU. With ``--data-parallel`` the batch is sharded
-over all local devices along a ``data`` mesh axis and the parameters are replicated;
-``train_step`` stays a plain ``jit`` and XLA inserts the cross-device reductions, so
-the loss and the update equal the single-device ones up to float rounding.
+The same code runs on CPU, GPU and TPU. With ``--data-parallel``, or with several
+processes, the batch is sharded over all devices of the cluster along a ``data`` mesh
+axis and the parameters are replicated; ``train_step`` stays a plain ``jit`` and XLA
+inserts the cross-device reductions, so the loss and the update equal the single-device
+ones up to float rounding. Each process reads its own share of every batch (grain,
+``ShardByJaxProcess``) and the global batch is assembled with
+``jax.make_array_from_process_local_data``. Orbax checkpoints the model, the optimizer
+state, the step, the data iterator's position and the history every
+``--checkpoint-every`` steps and at the end; ``--resume`` continues from the latest one
+with the losses of an uninterrupted run.
 """
 
 import argparse
 import dataclasses
 import functools
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx, traverse_util
+import orbax.checkpoint as ocp
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
@@ -48,8 +64,18 @@ LOSSES: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-def create_model_and_optimizer(config: default.Config) -> tuple[UNet, nnx.Optimizer]:
-    """A freshly initialised U-Net and its Adam optimizer (warmup, then cosine decay)."""
+def create_model_and_optimizer(
+    config: default.Config,
+    sharding: jax.sharding.Sharding | None = None,
+    *,
+    num_classes: int = input_pipeline.NUM_CLASSES,
+    spatial_dims: int = 2,
+) -> tuple[UNet, nnx.Optimizer]:
+    """A freshly initialised U-Net and its Adam optimizer (warmup, then cosine decay).
+
+    With ``sharding`` (replicated over the cluster's mesh) every process holds the same
+    global state: the initialisation runs as one program over the mesh.
+    """
     warmup_steps = min(config.warmup_steps, config.steps // 2)
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
@@ -61,7 +87,11 @@ def create_model_and_optimizer(config: default.Config) -> tuple[UNet, nnx.Optimi
 
     def create() -> tuple[UNet, nnx.Optimizer]:
         model = UNet(
-            1, input_pipeline.NUM_CLASSES, features=config.features, rngs=nnx.Rngs(config.seed)
+            1,
+            num_classes,
+            features=config.features,
+            spatial_dims=spatial_dims,
+            rngs=nnx.Rngs(config.seed),
         )
         return model, nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
 
@@ -70,7 +100,7 @@ def create_model_and_optimizer(config: default.Config) -> tuple[UNet, nnx.Optimi
     # in the initialisers); it runs once, so on CPU it is compiled without optimisation,
     # about 4 s against 40 s with it.
     graphdef, _ = nnx.split(nnx.eval_shape(create))
-    lowered = jax.jit(lambda: nnx.state(create())).lower()
+    lowered = jax.jit(lambda: nnx.state(create()), out_shardings=sharding).lower()
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
     return nnx.merge(graphdef, lowered.compile(options)())
 
@@ -110,7 +140,12 @@ def validation_scores(predictions: jax.Array, labels: np.ndarray) -> dict[str, n
 
 
 class DataParallel:
-    """Places arrays for data parallelism over all local devices (a 1-D ``data`` mesh)."""
+    """Places arrays for data parallelism over all devices of the cluster (a ``data`` mesh).
+
+    With several processes each one passes its own rows of the batch, and
+    ``make_array_from_process_local_data`` forms the global array: no process ever holds
+    the whole batch.
+    """
 
     def __init__(self, devices: Sequence[jax.Device] | None = None):
         self.mesh = Mesh(np.asarray(devices or jax.devices()), ("data",))
@@ -120,59 +155,153 @@ class DataParallel:
     def replicate(self, *modules: nnx.Module) -> None:
         """Copies the state of ``modules`` (parameters, optimizer moments) to every device."""
         state = nnx.state(modules)
-        nnx.update(modules, jax.device_put(state, self.replicated))
+        nnx.update(modules, jax.tree.map(self.replicate_array, state))
+
+    def replicate_array(self, x) -> jax.Array:
+        """The same host value on every process: one replicated global array."""
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(self.replicated, x, x.shape)
 
     def shard_batch(self, *arrays: np.ndarray) -> tuple[jax.Array, ...]:
+        """Global arrays from this process's rows ``(batch / processes, ...)``."""
         size = self.mesh.size
-        if arrays[0].shape[0] % size:
-            raise ValueError(
-                f"batch size {arrays[0].shape[0]} is not divisible by the {size} devices"
-            )
-        return tuple(jax.device_put(x, self.batch) for x in arrays)
+        global_batch = arrays[0].shape[0] * jax.process_count()
+        if global_batch % size:
+            raise ValueError(f"batch size {global_batch} is not divisible by the {size} devices")
+        return tuple(
+            jax.make_array_from_process_local_data(self.batch, x, (global_batch, *x.shape[1:]))
+            for x in arrays
+        )
+
+
+def data_parallel(config: default.Config) -> DataParallel | None:
+    """The placement of a data-parallel run: with ``--data-parallel`` or several processes."""
+    return DataParallel() if config.data_parallel or jax.process_count() > 1 else None
 
 
 def train_losses(config: default.Config) -> list[float]:
     """The losses of ``config.steps`` training steps, with no evaluation (for tests)."""
-    model, optimizer = create_model_and_optimizer(config)
+    parallel = data_parallel(config)
+    model, optimizer = create_model_and_optimizer(config, parallel and parallel.replicated)
     train, _ = input_pipeline.load_splits()
-    batches = input_pipeline.random_crops(train, config.crop, config.batch_size, config.seed)
-    parallel = DataParallel() if config.data_parallel else None
-    if parallel:
-        parallel.replicate(model, optimizer)
+    batches = iter(
+        input_pipeline.training_loader(train, config.crop, config.batch_size, config.seed)
+    )
     losses = []
     for _ in range(config.steps):
-        images, labels = next(batches)
+        batch = next(batches)
+        images, labels = batch["image"], batch["labels"]
         if parallel:
             images, labels = parallel.shard_batch(images, labels)
         losses.append(train_step(model, optimizer, images, labels, loss=config.loss))
     return [float(x) for x in losses]
 
 
-def train_and_evaluate(config: default.Config, out: Path) -> dict:
-    """Trains, evaluates every ``config.eval_every`` steps, writes a figure and a checkpoint."""
+def checkpoint_manager(directory: Path, every: int) -> ocp.CheckpointManager:
+    """Orbax checkpoints every ``every`` steps (two kept) in ``directory``.
+
+    On a pod ``directory`` must be on storage that every host sees (a bucket or a
+    shared file system): each process writes its shards of the state there, and its
+    own data-iterator position (``process_<i>-of-<n>.json``).
+    """
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every, max_to_keep=2, enable_async_checkpointing=False
+    )
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def save_checkpoint(manager, step, model, optimizer, batches, history, *, force=False) -> bool:
+    """Model, optimizer (with its step), data iterator position and history at ``step``."""
+    return manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(nnx.state((model, optimizer))),
+            data=grain.checkpoint.CheckpointSave(batches),
+            history=ocp.args.JsonSave(history),
+        ),
+        force=force,
+    )
+
+
+def restore_checkpoint(manager, model, optimizer, batches=None, step=None) -> tuple[int, dict]:
+    """Loads the latest (or ``step``'s) checkpoint in place; returns the step and history."""
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+    state = nnx.state((model, optimizer))
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    items = {
+        "state": ocp.args.StandardRestore(abstract),
+        "history": ocp.args.JsonRestore(),
+    }
+    if batches is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(batches)
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    nnx.update((model, optimizer), restored["state"])
+    return step, restored["history"]
+
+
+def train_and_evaluate(
+    config: default.Config,
+    out: Path,
+    *,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    stop_at: int | None = None,
+) -> dict:
+    """Trains, evaluates every ``config.eval_every`` steps, checkpoints, writes a figure.
+
+    ``resume`` continues from the latest checkpoint in ``out/checkpoints``; ``stop_at``
+    ends the run after that step's checkpoint, as a preemption would (for tests).
+    """
     if config.loss not in LOSSES:
         raise ValueError(f"loss={config.loss!r}; expected one of {sorted(LOSSES)}")
     multiple = 2 ** (len(config.features) - 1)  # each pooling halves the size
     if config.crop % multiple:
         raise ValueError(f"crop={config.crop} must be a multiple of {multiple}")
     start = time.perf_counter()
+    lead = jax.process_index() == 0
     train, validation = input_pipeline.load_splits()
-    batches = input_pipeline.random_crops(train, config.crop, config.batch_size, config.seed)
-    model, optimizer = create_model_and_optimizer(config)
+    batches = iter(
+        input_pipeline.training_loader(train, config.crop, config.batch_size, config.seed)
+    )
+    parallel = data_parallel(config)
+    model, optimizer = create_model_and_optimizer(config, parallel and parallel.replicated)
     validation_images = validation.image[None, :, :, None]
-    parallel = DataParallel() if config.data_parallel else None
     if parallel:
-        parallel.replicate(model, optimizer)
-        validation_images = jax.device_put(validation_images, parallel.replicated)
-        print(f"data parallel over {parallel.mesh.size} devices: {jax.devices()}")
+        validation_images = parallel.replicate_array(validation_images)
+        if lead:
+            print(
+                f"data parallel over {parallel.mesh.size} devices in "
+                f"{jax.process_count()} processes: {jax.devices()}"
+            )
+    manager = checkpoint_manager(out / "checkpoints", checkpoint_every)
 
     # "loss" is the mean training loss since the previous evaluation; "train_loss" has
-    # every step.
-    history: dict[str, list] = {"step": [], "loss": [], "dice": [], "iou": [], "train_loss": []}
-    window: list[jax.Array] = []
-    progress = tqdm(range(1, config.steps + 1), desc="train", unit="step", dynamic_ncols=True)
+    # every step; "window" the losses since the last evaluation (kept for a resume).
+    history: dict[str, list] = {
+        "step": [], "loss": [], "dice": [], "iou": [], "train_loss": [], "window": []
+    }  # fmt: skip
+    first = 1
+    if resume and manager.latest_step() is not None:
+        step, history = restore_checkpoint(manager, model, optimizer, batches)
+        first = step + 1
+        if lead:
+            print(f"resumed from step {step} ({manager.directory})")
+    window: list = list(history["window"])
+    progress = tqdm(
+        range(first, config.steps + 1),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not lead,
+        initial=first - 1,
+        total=config.steps,
+    )
+    predictions = None
     for step in progress:
-        images, labels = next(batches)
+        batch = next(batches)
+        images, labels = batch["image"], batch["labels"]
         if parallel:
             images, labels = parallel.shard_batch(images, labels)
         window.append(train_step(model, optimizer, images, labels, loss=config.loss))
@@ -190,26 +319,39 @@ def train_and_evaluate(config: default.Config, out: Path) -> dict:
             history["loss"].append(mean_loss)
             history["dice"].append(scores["dice"].tolist())
             history["iou"].append(scores["iou"].tolist())
-            progress.write(
-                f"step {step:5d}  loss {mean_loss:.4f}  "
-                + "  ".join(
-                    f"{name} dice {d:.3f} iou {i:.3f}"
-                    for name, d, i in zip(
-                        input_pipeline.CLASS_NAMES, scores["dice"], scores["iou"], strict=True
+            if lead:
+                progress.write(
+                    f"step {step:5d}  loss {mean_loss:.4f}  "
+                    + "  ".join(
+                        f"{name} dice {d:.3f} iou {i:.3f}"
+                        for name, d, i in zip(
+                            input_pipeline.CLASS_NAMES, scores["dice"], scores["iou"], strict=True
+                        )
                     )
                 )
-            )
+        if step % checkpoint_every == 0 or step in (config.steps, stop_at):
+            window = [float(x) for x in window]
+            saved = dict(history, window=window)
+            save_checkpoint(manager, step, model, optimizer, batches, saved, force=True)
+        if step == stop_at:
+            progress.close()
+            manager.close()
+            if lead:
+                print(f"stopped after step {step}; checkpoint in {manager.directory}")
+            return {"history": dict(history, window=[float(x) for x in window])}
     progress.close()
+    manager.close()
 
     out.mkdir(parents=True, exist_ok=True)
     figure_path = out / "unet_nuclei.png"
-    checkpoint_path = out / "params.npz"
     metrics_path = out / "metrics.json"
-    save_figure(figure_path, validation, np.asarray(predictions)[0], history, config)
-    save_checkpoint(checkpoint_path, model)
+    if predictions is None:  # resumed after the last step: evaluate once
+        predictions = predict(model, validation_images)
+    history.pop("window", None)
     wall_time = time.perf_counter() - start
     summary = {
         "config": dataclasses.asdict(config),
+        "processes": jax.process_count(),
         "devices": [str(d) for d in jax.devices()],
         "wall_time_s": wall_time,
         "final": {
@@ -218,31 +360,14 @@ def train_and_evaluate(config: default.Config, out: Path) -> dict:
         },
         "history": history,
     }
-    metrics_path.write_text(json.dumps(summary, indent=2))
-    print(f"{config.steps} steps in {wall_time:.1f} s (compilation, evaluation, outputs included)")
-    print(f"figure:     {figure_path}")
-    print(f"checkpoint: {checkpoint_path}")
-    print(f"metrics:    {metrics_path}")
+    if lead:
+        save_figure(figure_path, validation, np.asarray(predictions)[0], history, config)
+        metrics_path.write_text(json.dumps(summary, indent=2))
+        print(f"{config.steps} steps in {wall_time:.1f} s (compilation, evaluation, outputs)")
+        print(f"figure:      {figure_path}")
+        print(f"checkpoints: {manager.directory}")
+        print(f"metrics:     {metrics_path}")
     return summary
-
-
-def _flat_params(model: nnx.Module) -> dict[tuple, jax.Array]:
-    return traverse_util.flatten_dict(nnx.state(model, nnx.Param).to_pure_dict())
-
-
-def save_checkpoint(path: Path, model: nnx.Module) -> None:
-    """Saves the parameters as a flat ``.npz``, one array per path (``encoders/0/conv1/kernel``)."""
-    flat = _flat_params(model)
-    np.savez(path, **{"/".join(map(str, key)): np.asarray(value) for key, value in flat.items()})
-
-
-def load_checkpoint(path: Path, model: nnx.Module) -> None:
-    """Loads parameters written by :func:`save_checkpoint` into ``model`` in place."""
-    with np.load(path) as saved:
-        flat = {key: jnp.asarray(saved["/".join(map(str, key))]) for key in _flat_params(model)}
-    params = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(flat))
-    nnx.update(model, params)
 
 
 def save_figure(
@@ -296,7 +421,7 @@ def save_figure(
     plt.close(figure)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> tuple[default.Config, Path]:
+def parse_args(argv: Sequence[str] | None = None) -> tuple[default.Config, argparse.Namespace]:
     defaults = default.get_config()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=defaults.steps)
@@ -312,6 +437,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[default.Config, Path]
         help="shard the batch over all local devices (parameters replicated)",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/unet"))
+    add_cluster_arguments(parser)
     args = parser.parse_args(argv)
     config = dataclasses.replace(
         defaults,
@@ -324,12 +450,109 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[default.Config, Path]
         eval_every=args.eval_every,
         data_parallel=args.data_parallel,
     )
-    return config, args.out
+    return config, args
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the 2D and 3D examples: processes, checkpoints, resume."""
+    parser.add_argument(
+        "--processes", type=int, default=1, help="start N local processes as one JAX cluster"
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="jax.distributed.initialize() with the cluster found from the environment "
+        "(TPU pods, Slurm, Open MPI): run the same command once per host",
+    )
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="stop after this step's checkpoint, as a preemption would (then --resume)",
+    )
+    # Set by the launcher for each process it starts.
+    parser.add_argument("--coordinator", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--process-id", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(module: str, argv: Sequence[str], processes: int) -> int:
+    """Runs ``python -m module argv`` as ``processes`` local processes of one JAX cluster.
+
+    Process 0 hosts the coordinator on a free port of 127.0.0.1. If one process fails,
+    the others are ended (they would wait for it in a collective) and its exit status is
+    returned.
+    """
+    argv = list(argv)
+    for i, arg in enumerate(argv):  # drop "--processes N" / "--processes=N"
+        if arg == "--processes":
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--processes="):
+            del argv[i]
+            break
+    coordinator = f"127.0.0.1:{free_port()}"
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"))
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, *argv, "--coordinator", coordinator,
+             "--processes", str(processes), "--process-id", str(i)],
+            env=env, start_new_session=True,
+        )
+        for i in range(processes)
+    ]  # fmt: skip
+    status = 0
+    try:
+        while any(child.poll() is None for child in children):
+            failed = [child.returncode for child in children if child.poll() not in (None, 0)]
+            if failed:
+                status = failed[0]
+                break
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+    return status or next((c.returncode for c in children if c.returncode), 0)
+
+
+def initialize_cluster(args: argparse.Namespace) -> None:
+    """Joins the JAX cluster described by the launcher's flags, or found on a pod."""
+    if args.coordinator is not None:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.processes,
+            process_id=args.process_id,
+        )
+    elif args.distributed:
+        jax.distributed.initialize()
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    config, out = parse_args(argv)
-    return train_and_evaluate(config, out)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config, args = parse_args(argv)
+    if args.processes > 1 and args.coordinator is None:
+        status = launch("examples.unet.train", argv, args.processes)
+        if status:
+            raise SystemExit(status)
+        metrics = args.out / "metrics.json"
+        return json.loads(metrics.read_text()) if metrics.exists() else {}
+    initialize_cluster(args)
+    return train_and_evaluate(
+        config,
+        args.out,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        stop_at=args.stop_at,
+    )
 
 
 if __name__ == "__main__":

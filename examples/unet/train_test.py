@@ -61,16 +61,27 @@ def test_splits_hold_out_the_right_quarter():
     assert 0.02 < boundary < 0.1  # small and imbalanced, as documented
 
 
-def test_random_crops_are_deterministic_and_augmented():
+def test_training_loader_is_deterministic_and_augmented():
     train_split, _ = input_pipeline.load_splits()
-    first = next(input_pipeline.random_crops(train_split, 48, 3, seed=7))
-    again = next(input_pipeline.random_crops(train_split, 48, 3, seed=7))
-    other = next(input_pipeline.random_crops(train_split, 48, 3, seed=8))
-    assert first[0].shape == (3, 48, 48, 1) and first[1].shape == (3, 48, 48)
-    assert first[1].dtype == np.int32
-    np.testing.assert_array_equal(first[0], again[0])
-    np.testing.assert_array_equal(first[1], again[1])
-    assert not np.array_equal(first[0], other[0])
+    first = next(iter(input_pipeline.training_loader(train_split, 48, 3, seed=7)))
+    again = next(iter(input_pipeline.training_loader(train_split, 48, 3, seed=7)))
+    other = next(iter(input_pipeline.training_loader(train_split, 48, 3, seed=8)))
+    assert first["image"].shape == (3, 48, 48, 1) and first["labels"].shape == (3, 48, 48)
+    assert first["labels"].dtype == np.int32
+    np.testing.assert_array_equal(first["image"], again["image"])
+    np.testing.assert_array_equal(first["labels"], again["labels"])
+    assert not np.array_equal(first["image"], other["image"])
+
+
+def test_the_iterator_state_restores_the_position():
+    train_split, _ = input_pipeline.load_splits()
+    iterator = iter(input_pipeline.training_loader(train_split, 32, 2, seed=0))
+    next(iterator)
+    state = iterator.get_state()
+    want = next(iterator)
+    resumed = iter(input_pipeline.training_loader(train_split, 32, 2, seed=0))
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["image"], want["image"])
 
 
 def test_unet_is_channels_last_and_fully_convolutional():
@@ -81,29 +92,46 @@ def test_unet_is_channels_last_and_fully_convolutional():
     assert logits.shape == (2, 16, 24, 3)
 
 
+TINY = ["--batch-size", "4", "--crop", "32", "--eval-every", "15"]
+
+
 def test_training_reduces_the_loss_and_writes_outputs(tmp_path):
     # Tiny crops keep each step a few milliseconds; compiling dominates this test.
-    argv = ["--steps", "30", "--batch-size", "4", "--crop", "32", "--eval-every", "15"]
+    argv = ["--steps", "30", *TINY, "--checkpoint-every", "20"]
     summary = train.main([*argv, "--out", str(tmp_path)])
     losses = summary["history"]["train_loss"]
     assert len(losses) == 30 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
     assert summary["history"]["step"] == [15, 30]
 
-    for name in ("unet_nuclei.png", "params.npz", "metrics.json"):
-        assert (tmp_path / name).is_file()
+    for name in ("unet_nuclei.png", "metrics.json", "checkpoints/20", "checkpoints/30"):
+        assert (tmp_path / name).exists(), name
     saved_summary = json.loads((tmp_path / "metrics.json").read_text())
     assert saved_summary["config"]["crop"] == 32
     assert set(saved_summary["final"]) == set(input_pipeline.CLASS_NAMES)
 
-    # An abstract model (shapes only) is enough to load into, and builds instantly.
-    model = nnx.eval_shape(lambda: UNet(1, 3, rngs=nnx.Rngs(1)))
-    train.load_checkpoint(tmp_path / "params.npz", model)
-    with np.load(tmp_path / "params.npz") as saved:
-        np.testing.assert_array_equal(saved["head/kernel"], model.head.kernel[...])
-        np.testing.assert_array_equal(
-            saved["encoders/0/norm1/scale"], model.encoders[0].norm1.scale[...]
-        )
+    # The checkpoint holds the trained parameters, the optimizer state and its step.
+    config, _ = train.parse_args(["--steps", "30", *TINY])
+    model, optimizer = train.create_model_and_optimizer(config)
+    manager = train.checkpoint_manager(tmp_path / "checkpoints", 20)
+    step, history = train.restore_checkpoint(manager, model, optimizer)
+    assert step == 30 and int(optimizer.step[...]) == 30
+    assert history["train_loss"] == losses
+    fresh, _ = train.create_model_and_optimizer(config)
+    assert not np.array_equal(model.head.kernel[...], fresh.head.kernel[...])
+    images = jnp.zeros((1, 32, 32, 1))
+    assert np.isfinite(np.asarray(model(images))).all()
+
+
+def test_resume_continues_with_the_losses_of_an_uninterrupted_run(tmp_path):
+    argv = ["--steps", "8", *TINY, "--checkpoint-every", "3"]
+    whole = train.main([*argv, "--out", str(tmp_path / "whole")])["history"]["train_loss"]
+    stopped = train.main([*argv, "--out", str(tmp_path / "cut"), "--stop-at", "5"])
+    assert len(stopped["history"]["window"]) == 5
+    resumed = train.main([*argv, "--out", str(tmp_path / "cut"), "--resume"])
+    # Model, optimizer and data iterator come back from step 5: the same next batches,
+    # the same updates, the same losses (the programs are the same, so to the bit).
+    assert resumed["history"]["train_loss"] == whole, (resumed["history"]["train_loss"], whole)
 
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent(
