@@ -800,14 +800,18 @@ def _check_labels_in_range(
     if ignore_index is not None:
         ok |= labels_equal(labels, ignore_index)
     # The example keeps the labels' own dtype: an int64 label 2**32 + 1 is shown as is.
-    bad = jnp.where(ok, jnp.zeros((), labels.dtype), labels)
+    # It is the largest offending label, a reduction (an index into the flattened labels
+    # would be a dynamic slice, undefined on an explicitly sharded batch).
+    if labels.dtype == jnp.bool_:
+        labels = labels.astype(jnp.int32)
+    lowest = jnp.array(jnp.iinfo(labels.dtype).min, labels.dtype)
     checkify.check(
         jnp.all(ok),
         f"`{name}` must lie in [0, {n_values})"
         + (f" or equal ignore_index={ignore_index}" if ignore_index is not None else "")
         + "; found {n} labels out of range, e.g. {example}.",
         n=jnp.sum(~ok),
-        example=bad.reshape(-1)[jnp.argmax(~ok.reshape(-1))],
+        example=jnp.max(jnp.where(ok, lowest, labels)),
     )
 
 
