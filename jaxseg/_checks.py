@@ -289,7 +289,7 @@ RULES: dict[str, Rule] = {
     "epsilon": number(low=0, high=0.5),
     "smooth_harmonic": NONNEGATIVE,
     "smooth_numerator": NONNEGATIVE,
-    "match_iou_threshold": number(low=0.5, high=1),
+    "match_iou_threshold": UNIT_INTERVAL,
     "min_size": NONNEGATIVE,
     "missing_hd95": NONNEGATIVE,
     # Static options.

@@ -68,9 +68,10 @@ COUNTS: collections.Counter[str] = collections.Counter()
 EXPECTED: dict[str, int] = {}
 
 
-def _examples(name: str, multiplier: int) -> int:
-    EXPECTED[name] = BASE * multiplier
-    return BASE * multiplier
+def _examples(name: str, multiplier: int, divisor: int = 1) -> int:
+    """``BASE * multiplier // divisor`` examples for the test ``name``, recorded as expected."""
+    EXPECTED[name] = BASE * multiplier // divisor
+    return EXPECTED[name]
 
 
 IGNORE = 255
@@ -610,7 +611,7 @@ def _as_form(x: np.ndarray, form: str) -> Any:
     return nested if form == "list" else tuple(nested)
 
 
-@settings(max_examples=_examples("input_forms", 1) // 10)
+@settings(max_examples=_examples("input_forms", 1, 10))
 @given(
     name=st.sampled_from(list(LOSSES)),
     logits_form=st.sampled_from(FORMS),
@@ -636,7 +637,7 @@ NARROW = [
 ]
 
 
-@settings(max_examples=_examples("label_dtypes", 1) // 5)
+@settings(max_examples=_examples("label_dtypes", 1, 5))
 @given(
     case=st.integers(0, len(NARROW) - 1),
     dtype=st.sampled_from(("int8", "uint8", "bool")),
@@ -662,7 +663,7 @@ def test_narrow_and_boolean_labels(case, dtype, seed, out_of_range):
     np.testing.assert_allclose(f(logits, narrow, where), want, rtol=1e-6, atol=1e-7)
 
 
-@settings(max_examples=_examples("int64_labels", 1) // 25)
+@settings(max_examples=_examples("int64_labels", 1, 25))
 @given(seed=st.integers(0, 2**32 - 1), shift=st.sampled_from((2**32, 2**33, -(2**32), 2**40)))
 def test_int64_labels_do_not_wrap(seed, shift):
     """With x64, an int64 label that an int32 cast would wrap into range is excluded."""
@@ -683,7 +684,7 @@ SHIFT_INVARIANT = [
 ]
 
 
-@settings(max_examples=_examples("offsets", 1) // 5)
+@settings(max_examples=_examples("offsets", 1, 5))
 @given(
     name=st.sampled_from(SHIFT_INVARIANT),
     seed=st.integers(0, 2**32 - 1),
@@ -746,7 +747,7 @@ BAD_OPTIONS = [
 ]
 
 
-@settings(max_examples=_examples("option_types", 1) // 5)
+@settings(max_examples=_examples("option_types", 1, 5))
 @given(name=st.sampled_from(list(LOSSES)), case=st.integers(0, len(BAD_OPTIONS) - 1))
 def test_option_types_and_ranges(name, case):
     """A bad option raises an error naming it, before anything is computed; an option
@@ -779,7 +780,7 @@ def _combinator(kind: str):
     return jaxseg.with_components(jaxseg.combine(dice=jaxseg.dice_loss, ce=jaxseg.cross_entropy))
 
 
-@settings(max_examples=_examples("combinators", 1) // 5)
+@settings(max_examples=_examples("combinators", 1, 5))
 @given(
     kind=st.sampled_from(COMBINATORS),
     seed=st.integers(0, 2**32 - 1),
@@ -822,7 +823,7 @@ def test_every_combinator_against_the_float64_reference(kind, seed, weights, edg
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6, err_msg=kind)
 
 
-@settings(max_examples=_examples("eager", 1) // 50)
+@settings(max_examples=_examples("eager", 1, 50))
 @given(name=st.sampled_from(list(LOSSES)), seed=st.integers(0, 2**32 - 1))
 def test_eager_mode_equals_jit(name, seed):
     COUNTS["eager"] += 1
