@@ -2,7 +2,11 @@
 PYTHON ?= python3
 # `make test-min` runs on the oldest supported Python; `make test-newest` on the newest found.
 PYTHON_MIN ?= python3.11
-PYTHON_NEWEST ?= $(shell command -v python3.13 || command -v python3.12)
+# The first interpreter that runs and is >= 3.12 (pyenv's shims exist but may refuse to run).
+PYENV_PYTHONS := $(foreach v,3.14 3.13 3.12,$(wildcard $(HOME)/.pyenv/versions/$(v)*/bin/python3))
+NEWEST_CANDIDATES := python3.14 python3.13 python3.12 $(PYENV_PYTHONS)
+PYTHON_NEWEST ?= $(firstword $(foreach p,$(NEWEST_CANDIDATES),$(shell \
+	$(p) -c "import sys; assert sys.version_info >= (3, 12)" 2>/dev/null && echo $(p))))
 # The tools the test suite needs besides the library (no oracle: torch, MONAI, optax, flax).
 TEST_TOOLS := "pytest>=8" "pytest-xdist>=3.5" "hypothesis>=6.100"
 PYTEST := -m pytest -q -p no:cacheprovider
