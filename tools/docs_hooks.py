@@ -6,6 +6,8 @@
   reference without editing a page (tests/test_docs.py checks the built site).
 - A page of ``docs/`` that ``mkdocs.yml`` does not list joins the nav:
   ``losses_*.md`` under "Losses", ``metrics_*.md`` under "Metrics", others under "Guides".
+- The docstrings' reStructuredText math (``.. math::`` blocks, ``:math:`` roles) becomes
+  MathJax markup, and the ``:func:``/``:class:``/``:mod:`` role prefixes are dropped.
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ from pathlib import Path
 _MARKER = re.compile(r"^<!--\s*api-reference:\s*([\w.]+)\s*-->\s*$", re.MULTILINE)
 _SECTIONS = {"losses_": "Losses", "metrics_": "Metrics"}
 _DEFAULT_SECTION = "Guides"
+# After Markdown: ".. math::" and its indented lines form one paragraph; a role is
+# ":math:" followed by the code span of its argument.
+_MATH_BLOCK = re.compile(
+    r"<p>\.\. math::\s*\n(.*?)</p>|<p>\.\. math::</p>\s*<pre><code>(.*?)</code></pre>", re.DOTALL
+)
+_MATH_ROLE = re.compile(r":math:<code>(.*?)</code>", re.DOTALL)
+_OTHER_ROLE = re.compile(r":(?:func|class|mod|meth|attr|obj|data):(?=<code>)")
 
 
 def public_names(module_name: str) -> list[str]:
@@ -36,6 +45,14 @@ def _reference(match: re.Match) -> str:
 
 def on_page_markdown(markdown, page, config, files):
     return _MARKER.sub(_reference, markdown)
+
+
+def on_page_content(html, page, config, files):
+    html = _MATH_BLOCK.sub(
+        lambda m: f'<div class="arithmatex">\\[{m.group(1) or m.group(2)}\\]</div>', html
+    )
+    html = _MATH_ROLE.sub(lambda m: f'<span class="arithmatex">\\({m.group(1)}\\)</span>', html)
+    return _OTHER_ROLE.sub("", html)
 
 
 def _listed(nav) -> set[str]:
