@@ -5,7 +5,7 @@ import os
 import jax
 
 # The tests use today's names `jax.enable_x64` and `jax.shard_map`; older jax has them only
-# as `jax.experimental.enable_x64` (the floor, 0.7.0, in `make test-min`) and
+# as `jax.experimental.enable_x64` (before 0.8) and
 # `jax.experimental.shard_map.shard_map` (before 0.6). The library itself uses neither.
 if not hasattr(jax, "enable_x64"):
     from jax.experimental import enable_x64 as _enable_x64

@@ -1,7 +1,7 @@
 """Print pip constraints that pin every runtime dependency of jaxseg to its declared floor.
 
 `make test-min` installs with them, so the floors in pyproject.toml are the versions the
-tests run against: ``jax>=0.7.0`` becomes ``jax==0.7.0`` (and ``jaxlib==0.7.0``, which
+tests run against: ``jax>=0.9.0`` becomes ``jax==0.9.0`` (and ``jaxlib==0.9.0``, which
 jax pins to its own version). One source: edit the floor in pyproject.toml only.
 """
 
