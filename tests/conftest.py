@@ -4,6 +4,18 @@ import os
 
 import jax
 
+# The tests use today's names `jax.enable_x64` and `jax.shard_map`; older jax has them only
+# as `jax.experimental.enable_x64` (before 0.8) and
+# `jax.experimental.shard_map.shard_map` (before 0.6). The library itself uses neither.
+if not hasattr(jax, "enable_x64"):
+    from jax.experimental import enable_x64 as _enable_x64
+
+    jax.enable_x64 = _enable_x64
+if not hasattr(jax, "shard_map"):
+    from jax.experimental.shard_map import shard_map as _shard_map
+
+    jax.shard_map = _shard_map
+
 # Implicit rank promotion hides shape bugs; the library must work with it disabled.
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -7,9 +7,8 @@ References: numpy float64 formulas and ``numpy.bincount``, and MONAI 1.6.1
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peers
 import pytest
-import torch
-from monai.metrics import DiceMetric, MeanIoU
 
 import jaxseg
 from jaxseg import metrics
@@ -57,8 +56,19 @@ def _case(name):
     return _edge_case(name)
 
 
+def DiceMetric(**options):  # noqa: N802 - the oracle's class, imported when a test needs it
+    peers.torch()
+    return pytest.importorskip("monai.metrics", reason=peers._MONAI_REASON).DiceMetric(**options)
+
+
+def MeanIoU(**options):  # noqa: N802
+    peers.torch()
+    return pytest.importorskip("monai.metrics", reason=peers._MONAI_REASON).MeanIoU(**options)
+
+
 def _torch_one_hot(class_map, num_classes):
     """Channels-first float one-hot; values outside [0, C) give an all-zero pixel."""
+    torch = peers.torch()
     class_map = np.asarray(class_map)
     inside = (class_map >= 0) & (class_map < num_classes)
     one_hot = np.eye(num_classes + 1)[np.where(inside, class_map, num_classes)][..., :num_classes]
@@ -66,6 +76,7 @@ def _torch_one_hot(class_map, num_classes):
 
 
 def _monai(metric, predictions, labels, num_classes=NUM_CLASSES, labels_as_map=False):
+    torch = peers.torch()
     y_pred = _torch_one_hot(predictions, num_classes)
     if labels_as_map:
         y = torch.from_numpy(np.asarray(labels)[:, None].astype(np.float64))
