@@ -1,6 +1,8 @@
 """jaxseg: segmentation losses and metrics as pure, jit-compiled JAX functions."""
 
 from jaxseg import metrics as metrics
+from jaxseg._boundary import boundary_loss as boundary_loss
+from jaxseg._boundary import hausdorff_dt_loss as hausdorff_dt_loss
 from jaxseg._checks import checked as checked
 from jaxseg._checks import validate_values as validate_values
 from jaxseg._combinators import CombinedLoss as CombinedLoss
@@ -26,13 +28,11 @@ from jaxseg._regions import regions_from_labels as regions_from_labels
 from jaxseg._stats import OverlapStats as OverlapStats
 from jaxseg._stats import overlap_stats as overlap_stats
 from jaxseg._topk import topk_cross_entropy as topk_cross_entropy
+from jaxseg._topology import cldice_loss as cldice_loss
+from jaxseg._topology import dice_cldice as dice_cldice
 from jaxseg._unified_focal import asymmetric_unified_focal_loss as asymmetric_unified_focal_loss
 from jaxseg._wasserstein import (
     generalized_wasserstein_dice_loss as generalized_wasserstein_dice_loss,
 )
 
 __version__ = "0.1.0"
-from jaxseg._boundary import boundary_loss as boundary_loss
-from jaxseg._boundary import hausdorff_dt_loss as hausdorff_dt_loss
-from jaxseg._topology import cldice_loss as cldice_loss
-from jaxseg._topology import dice_cldice as dice_cldice
