@@ -40,6 +40,25 @@ Neither ``z`` nor ``e^z`` is stored: each consumer recomputes it from ``x``, and
 a second exponential rather than ``e^z / s`` (see :func:`_pass` for the measurements).
 XLA drops the outputs a loss does not use.
 
+Few classes (at most ``MAX_UNROLLED_CLASSES``, 5): the same formulas, with the class
+axis unrolled. The per-pixel reductions over classes (``m``, ``s``, ``x_y`` as a select
+summed over the class slices, ``sum_{c != y} p_c``, ``sum_c w_c z_c``) are elementwise
+operations on the ``C`` class slices, and ``tp`` and the label counts are per-class masked
+sums taken in one variadic ``lax.reduce`` over the pixels (primal values only; the
+tangent rule is unchanged, its ``d tp`` a segment sum). XLA's CPU backend hands a
+``jnp.sum`` / ``jnp.max`` over the class axis to a library reduction ("ynn_fusion" in
+the compiled HLO) that needs its operand stored: ``x - m``, a copy of the logits, and a
+plane per reduction input; the segment sums store an index plane and a values plane.
+Measured on ``(8, 256, 256, 4)`` float32 ``jit(value_and_grad)``, temporary memory as a
+multiple of the logits' bytes, before / after: ``dice_ce`` 3.00 / 1.75,
+``cross_entropy`` 1.25 / 0.25, ``dice_loss`` 2.00 / 1.75, ``focal_loss`` 2.50 / 2.00;
+time over optax CE ``dice_ce`` 1.55 / 0.94 (interleaved, loaded machine). The rest of
+the temporary memory at 4 classes is one stored ``p`` (1.0x: the ``pred_sum`` dot reads
+it and the gradient loop reads it again; XLA does not write the gradient over it) and
+per-pixel planes (0.25x each). Above the cutoff unrolling loses (19 classes:
+``cross_entropy`` 2.05x against 0.26x, and slower); the constant's comment gives the
+measurements behind the cutoff.
+
 Derivatives
 -----------
 The engine is a ``jax.custom_jvp``: its tangent rule is linear in ``dx`` (and in the
@@ -121,24 +140,20 @@ class SoftmaxTerms(NamedTuple):
     weighted_log_p: jax.Array
 
 
-# Up to this many classes, the per-pixel reductions over the class axis (max, sum of
-# exponentials, the label's logit, sum_{c != y} p_c, sum_c w_c (x_c - m)) are unrolled
-# into elementwise operations on the class slices. XLA's CPU backend hands a class-axis
-# jnp.sum / jnp.max to a library reduction (a "ynn_fusion") that needs its operand
-# stored: x - m, one (b, n, C) array, plus planes for the reductions' inputs. Unrolled,
-# they fuse into loops that read x. Measured jit(value_and_grad), about 8 MiB of float32
-# logits, temporary memory as a multiple of the logits and time over optax CE
-# (interleaved, same process), unrolled against not, for dice_ce / cross_entropy /
-# dice_loss / focal_loss:
-#   2 classes:  4.00/1.00/3.00/3.00 vs 5.00/2.50/3.00/4.00; time 0.55/0.22/0.53/0.47 vs
-#               1.25/0.60/0.77/0.77
-#   4 classes:  2.00/0.25/1.75/2.00 vs 3.00/1.25/2.00/2.50; time 0.82/0.47/0.90/0.76 vs
-#               1.52/0.93/1.31/1.39
-#   5 classes:  1.80/0.20/1.60/1.80 vs 2.60/1.00/1.80/2.20; time 1.52/0.53/0.84/0.95 vs
-#               1.78/1.44/1.42/1.58
-#   8 classes:  faster, but focal_loss memory 2.50 vs 1.75
-#   19 classes: slower and 1.21-2.21 vs 0.26-1.42 (2.05 vs 0.26 for cross_entropy)
-# so the cutoff is 5 (6 and 7 not measured).
+# Up to this many classes the class axis is unrolled (see the module docstring, "Few
+# classes"). Measured jit(value_and_grad), about 8 MiB of float32 logits, temporary memory
+# as a multiple of the logits and time over optax CE (interleaved, same process, loaded
+# machine), unrolled against not, for dice_ce / cross_entropy / dice_loss / focal_loss /
+# dice_focal:
+#   2 classes: 3.00/1.00/2.50/3.00/4.00 vs 5.00/2.50/3.00/4.00/5.00;
+#              time 0.73/0.29/0.56/0.53/0.75 vs 1.03/0.44/0.57/0.67/1.26
+#   4 classes: 1.75/0.25/1.75/2.00/2.50 vs 3.00/1.25/2.00/2.50/3.00;
+#              time 0.94/0.44/0.93/0.80/1.17 vs 1.55/1.16/1.21/1.23/1.74
+#   5 classes: 1.60/0.20/1.60/1.80/2.20 vs 2.60/1.00/1.80/2.20/2.60;
+#              time 1.37/0.62/1.22/0.95/1.44 vs 1.73/1.19/1.43/1.40/1.79
+# With the class-axis reductions unrolled (tp still a segment sum): at 8 classes faster
+# but focal_loss memory 2.50 vs 1.75; at 12 focal_loss 2.33 vs 1.50; at 19 slower and
+# cross_entropy 2.05 vs 0.26. So the cutoff is 5 (6 and 7 not measured).
 MAX_UNROLLED_CLASSES = 5
 
 
@@ -152,6 +167,29 @@ def _class_reduce(op, a: jax.Array) -> jax.Array:
     if _unrolled(num_classes):
         return functools.reduce(op, [a[..., c] for c in range(num_classes)])
     return jnp.sum(a, axis=-1) if op is jnp.add else jnp.max(a, axis=-1)
+
+
+# The pixel sums of the unrolled path are taken over this many contiguous blocks of
+# pixels, then over the blocks, so that rounding grows with n / BLOCKS terms in sequence.
+_BLOCKS = 128
+
+
+def _pixel_sums(planes: list[jax.Array]) -> list[jax.Array]:
+    """``(batch, n)`` planes summed over the pixel axis in one variadic reduction.
+
+    XLA compiles a variadic ``lax.reduce`` as one loop that computes its operands in
+    place, where a plain ``jnp.sum`` of a masked plane is handed to a library reduction
+    that needs the plane stored (see the module docstring). Primal values only: the
+    tangent rule uses ``jnp.sum``.
+    """
+    batch, n = planes[0].shape
+    blocks = _BLOCKS if n % _BLOCKS == 0 else 1
+    parts = tuple(t.reshape(batch, blocks, n // blocks) for t in planes)
+    inits = tuple(jnp.zeros((), t.dtype) for t in parts)
+    partial = jax.lax.reduce(
+        parts, inits, lambda a, b: tuple(u + w for u, w in zip(a, b, strict=True)), (2,)
+    )
+    return [jnp.sum(t, axis=1) for t in partial]
 
 
 def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
@@ -214,7 +252,14 @@ def _outputs(x, f: _Pass, labels, weights):
     num_classes = f.p.shape[-1]
     y = jnp.clip(labels, 0, num_classes - 1)
     pred_sum = jnp.einsum("bnc,bn->bc", f.p, f.vf)
-    tp = _segment_sum(f.vf * f.p_y, y, num_classes)
+    if _unrolled(num_classes):
+        zero = jnp.zeros((), x.dtype)
+        tp = jnp.stack(
+            _pixel_sums([jnp.where(y == c, f.vf * f.p_y, zero) for c in range(num_classes)]),
+            axis=1,
+        )
+    else:
+        tp = _segment_sum(f.vf * f.p_y, y, num_classes)
     log1m_p = jnp.log(f.rest)
     return pred_sum, tp, f.log_p, log1m_p, _log_p_dot(x, f, weights)
 
@@ -275,7 +320,14 @@ def softmax_terms(
     y = labels.astype(jnp.int32).reshape(batch, -1)
     v = valid.reshape(batch, -1)
     pred_sum, tp, log_p, log1m_p, weighted = _engine(x, y, v, weights.astype(x.dtype))
-    counts = _segment_sum(v.astype(jnp.int32), jnp.clip(y, 0, num_classes - 1), num_classes)
+    y_in = jnp.clip(y, 0, num_classes - 1)
+    if _unrolled(num_classes):
+        counts = jnp.stack(
+            _pixel_sums([(v & (y_in == c)).astype(jnp.int32) for c in range(num_classes)]),
+            axis=1,
+        )
+    else:
+        counts = _segment_sum(v.astype(jnp.int32), y_in, num_classes)
     pixel = lambda a: a.reshape(batch, *spatial)
     return SoftmaxTerms(pred_sum, tp, counts, pixel(log_p), pixel(log1m_p), pixel(weighted))
 
