@@ -43,9 +43,10 @@ XLA drops the outputs a loss does not use.
 Few classes (at most ``MAX_UNROLLED_CLASSES``, 5): the same formulas, with the class
 axis unrolled. The per-pixel reductions over classes (``m``, ``s``, ``x_y`` as a select
 summed over the class slices, ``sum_{c != y} p_c``, ``sum_c w_c z_c``) are elementwise
-operations on the ``C`` class slices, and ``tp`` and the label counts are per-class masked
-sums taken in one variadic ``lax.reduce`` over the pixels (primal values only; the
-tangent rule is unchanged, its ``d tp`` a segment sum). XLA's CPU backend hands a
+operations on the ``C`` class slices, and ``pred_sum``, ``tp`` and the label counts are per-class
+(masked) sums taken in one variadic ``lax.reduce`` over the pixels (primal values only;
+the tangent rule is unchanged: ``d pred`` a matrix-vector product, ``d tp`` a segment
+sum). XLA's CPU backend hands a
 ``jnp.sum`` / ``jnp.max`` over the class axis to a library reduction ("ynn_fusion" in
 the compiled HLO) that needs its operand stored: ``x - m``, a copy of the logits, and a
 plane per reduction input; the segment sums store an index plane and a values plane.
@@ -53,11 +54,11 @@ Measured on ``(8, 256, 256, 4)`` float32 ``jit(value_and_grad)``, temporary memo
 multiple of the logits' bytes, before / after: ``dice_ce`` 3.00 / 1.75,
 ``cross_entropy`` 1.25 / 0.25, ``dice_loss`` 2.00 / 1.75, ``focal_loss`` 2.50 / 2.00;
 time over optax CE ``dice_ce`` 1.55 / 0.94 (interleaved, loaded machine). The rest of
-the temporary memory at 4 classes is one stored ``p`` (1.0x: the ``pred_sum`` dot reads
-it and the gradient loop reads it again; XLA does not write the gradient over it) and
-per-pixel planes (0.25x each). Above the cutoff unrolling loses (19 classes:
-``cross_entropy`` 2.05x against 0.26x, and slower); the constant's comment gives the
-measurements behind the cutoff.
+the temporary memory at 4 classes is one stored ``p`` (1.0x: the transpose of ``d pred``,
+a matrix-vector product, reads it and the gradient loop reads it again; XLA does not
+write the gradient over it) and per-pixel planes (0.25x each). Above the cutoff
+unrolling loses (19 classes: ``cross_entropy`` 2.05x against 0.26x, and slower); the
+constant's comment gives the measurements behind the cutoff.
 
 Derivatives
 -----------
@@ -145,7 +146,7 @@ class SoftmaxTerms(NamedTuple):
 # as a multiple of the logits and time over optax CE (interleaved, same process, loaded
 # machine), unrolled against not, for dice_ce / cross_entropy / dice_loss / focal_loss /
 # dice_focal:
-#   2 classes: 3.00/1.00/2.50/3.00/4.00 vs 5.00/2.50/3.00/4.00/5.00;
+#   2 classes: 2.50/1.00/2.50/3.00/4.00 vs 5.00/2.50/3.00/4.00/5.00;
 #              time 0.73/0.29/0.56/0.53/0.75 vs 1.03/0.44/0.57/0.67/1.26
 #   4 classes: 1.75/0.25/1.75/2.00/2.50 vs 3.00/1.25/2.00/2.50/3.00;
 #              time 0.94/0.44/0.93/0.80/1.17 vs 1.55/1.16/1.21/1.23/1.74
@@ -153,7 +154,8 @@ class SoftmaxTerms(NamedTuple):
 #              time 1.37/0.62/1.22/0.95/1.44 vs 1.73/1.19/1.43/1.40/1.79
 # With the class-axis reductions unrolled (tp still a segment sum): at 8 classes faster
 # but focal_loss memory 2.50 vs 1.75; at 12 focal_loss 2.33 vs 1.50; at 19 slower and
-# cross_entropy 2.05 vs 0.26. So the cutoff is 5 (6 and 7 not measured).
+# cross_entropy 2.05 vs 0.26. So the cutoff is 5 (6 and 7 not measured). (pred_sum in
+# the variadic reduction: 2 classes dice_ce 2.50 vs 3.00 with the dot, 4 and 5 equal.)
 MAX_UNROLLED_CLASSES = 5
 
 
@@ -251,14 +253,16 @@ def _log_p_dot(x, f: _Pass, weights):
 def _outputs(x, f: _Pass, labels, weights):
     num_classes = f.p.shape[-1]
     y = jnp.clip(labels, 0, num_classes - 1)
-    pred_sum = jnp.einsum("bnc,bn->bc", f.p, f.vf)
     if _unrolled(num_classes):
         zero = jnp.zeros((), x.dtype)
-        tp = jnp.stack(
-            _pixel_sums([jnp.where(y == c, f.vf * f.p_y, zero) for c in range(num_classes)]),
-            axis=1,
+        sums = _pixel_sums(
+            [f.vf * f.p[..., c] for c in range(num_classes)]
+            + [jnp.where(y == c, f.vf * f.p_y, zero) for c in range(num_classes)]
         )
+        pred_sum = jnp.stack(sums[:num_classes], axis=1)
+        tp = jnp.stack(sums[num_classes:], axis=1)
     else:
+        pred_sum = jnp.einsum("bnc,bn->bc", f.p, f.vf)
         tp = _segment_sum(f.vf * f.p_y, y, num_classes)
     log1m_p = jnp.log(f.rest)
     return pred_sum, tp, f.log_p, log1m_p, _log_p_dot(x, f, weights)
