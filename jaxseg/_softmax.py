@@ -195,13 +195,17 @@ def _pixel_sums(planes: list[jax.Array]) -> list[jax.Array]:
 
 
 def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
-    """``(batch, n)`` values summed by ``(batch, n)`` labels in ``[0, C)``: ``(batch, C)``."""
-    batch = values.shape[0]
-    index = labels + num_classes * jnp.arange(batch, dtype=labels.dtype)[:, None]
-    sums = jax.ops.segment_sum(
-        values.reshape(-1), index.reshape(-1), num_segments=batch * num_classes
+    """``(batch, n)`` values summed by ``(batch, n)`` labels in ``[0, C)``: ``(batch, C)``.
+
+    One segment sum per sample (a ``vmap``), not one over ``batch * C`` segments of the
+    flattened batch: merging the batch axis into the pixels is undefined when the batch
+    is sharded over an ``Explicit`` mesh axis. Same temporary memory (measured at 19 and
+    117 classes, ``jit(value_and_grad(dice_ce))``), and no slower within this machine's
+    noise.
+    """
+    return jax.vmap(lambda v, y: jax.ops.segment_sum(v, y, num_segments=num_classes))(
+        values, labels
     )
-    return sums.reshape(batch, num_classes)
 
 
 class _Pass(NamedTuple):
