@@ -139,6 +139,34 @@ def validation_scores(predictions: jax.Array, labels: np.ndarray) -> dict[str, n
     }
 
 
+def instance_scores(predictions: jax.Array, labels: np.ndarray) -> dict[str, float]:
+    """Average surface distance per class and the panoptic quality of the nuclei.
+
+    The nuclei are the connected components (4-connected) of the interior class, which
+    the boundary band separates: in the prediction and in the reference alike. PQ, SQ
+    and RQ are those of these instances (one class), matched at IoU > 0.5.
+    """
+    num_classes = input_pipeline.NUM_CLASSES
+    labels = jnp.asarray(labels)[None]
+    asd = jaxseg.metrics.average_surface_distance(predictions, labels, num_classes, symmetric=True)[
+        0
+    ]
+
+    def nuclei(class_map: jax.Array) -> jax.Array:
+        interior = class_map == 1
+        ids = jaxseg.metrics.connected_components(interior, connectivity=4).labels
+        return jnp.stack([ids, interior.astype(ids.dtype)], axis=-1)
+
+    pq = jaxseg.metrics.panoptic_quality(nuclei(predictions), nuclei(labels), num_classes=1)
+    scores = {
+        f"surface_distance_{name}": float(asd[c])
+        for c, name in enumerate(input_pipeline.CLASS_NAMES[1:])
+    }
+    scores.update(panoptic_quality=float(pq.pq[0]), segmentation_quality=float(pq.sq[0]))
+    scores.update(recognition_quality=float(pq.rq[0]))
+    return scores
+
+
 class DataParallel:
     """Places arrays for data parallelism over all devices of the cluster (a ``data`` mesh).
 
@@ -359,10 +387,12 @@ def train_and_evaluate(
             for c, name in enumerate(input_pipeline.CLASS_NAMES)
         },
         "history": history,
+        "instances": instance_scores(predictions, validation.labels),
     }
     if lead:
         save_figure(figure_path, validation, np.asarray(predictions)[0], history, config)
         metrics_path.write_text(json.dumps(summary, indent=2))
+        print("  ".join(f"{name} {value:.3f}" for name, value in summary["instances"].items()))
         print(f"{config.steps} steps in {wall_time:.1f} s (compilation, evaluation, outputs)")
         print(f"figure:      {figure_path}")
         print(f"checkpoints: {manager.directory}")
