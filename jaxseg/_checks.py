@@ -757,7 +757,8 @@ def valid_mask(
         if ignore_index is not None:
             valid &= ~labels_equal(labels, ignore_index)
     else:
-        valid = jnp.ones(labels.shape[:-1], dtype=jnp.bool_)
+        # ones_like keeps the labels' sharding (an Explicit mesh axis included).
+        valid = jnp.ones_like(labels[..., 0], dtype=jnp.bool_)
     if where is not None:
         valid &= where
     return valid

@@ -47,7 +47,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _checks
+from jaxseg import _checks, _sharding
 
 __all__ = ["Components", "connected_components"]
 
@@ -295,7 +295,8 @@ def connected_components(
       Parallel Computing 36(12), 2010. Shiloach & Vishkin, "An O(log n) parallel
       connectivity algorithm", Journal of Algorithms 3(1), 1982.
     """
-    mask = jnp.asarray(mask)
+    # Labelling propagates across the whole mask: an explicitly sharded one is gathered.
+    (mask,) = _sharding.replicated(jnp.asarray(mask))
     _check_mask(mask)
     connectivity = check_connectivity(connectivity, mask.ndim - 1)
     if max_components is not None and (

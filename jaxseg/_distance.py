@@ -635,6 +635,7 @@ def average_surface_distance(
       CT Datasets", IEEE TMI 28(8), 2009.
     """
     predictions, labels = _class_maps(predictions, labels)
+    predictions, labels = _sharding.replicated(predictions, labels)
     _checks.check_num_classes(num_classes, include_background)
     spacing = _batch_spacing(spacing, predictions.shape[0], predictions.ndim - 1)
     return _average_surface_distance(

@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _checks, _components, _distance, _surfaces
+from jaxseg import _checks, _components, _distance, _sharding, _surfaces
 
 __all__ = [
     "LesionWiseScores",
@@ -268,8 +268,9 @@ def panoptic_quality(
     References:
       Kirillov, He, Girshick, Rother & Dollár, "Panoptic Segmentation", CVPR 2019.
     """
-    predicted_instances = jnp.asarray(predicted_instances)
-    label_instances = jnp.asarray(label_instances)
+    predicted_instances, label_instances = _sharding.replicated(
+        jnp.asarray(predicted_instances), jnp.asarray(label_instances)
+    )
     _check_panoptic_input(predicted_instances, "predicted_instances")
     _check_panoptic_input(label_instances, "label_instances")
     if predicted_instances.shape != label_instances.shape:
@@ -626,6 +627,8 @@ def lesion_wise_scores(
       Radiotherapy", Journal of Medical Internet Research 23(7), 2021.
     """
     predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
+    # Components and their matching span the whole volume: sharded maps are gathered.
+    predictions, labels = _sharding.replicated(predictions, labels)
     for name, x in (("predictions", predictions), ("labels", labels)):
         if not (jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_):
             raise ValueError(f"`{name}` must be a boolean or integer mask; got dtype {x.dtype}.")

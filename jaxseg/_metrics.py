@@ -339,6 +339,7 @@ def _per_component_scores(predictions, labels, num_classes, ignore_index, where,
     if ignore_index is not None or where is not None:
         raise ValueError("`per_component=True` does not support `ignore_index` or `where`.")
     predictions, labels, _ = _class_maps(predictions, labels, None, None, num_classes)
+    predictions, labels = _sharding.replicated(predictions, labels)  # components span a map
     return _instances.per_component_dice(predictions, labels, ignore_empty=ignore_empty)
 
 

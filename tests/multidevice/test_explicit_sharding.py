@@ -106,7 +106,6 @@ LOSSES = {
         {},
         False,
     ),
-    "checked": (jaxseg.checked(jaxseg.dice_ce), {"ignore_index": 2}, False),
 }
 
 
@@ -228,6 +227,17 @@ def test_metrics_under_explicit_sharding(name):
         np.testing.assert_allclose(g, w, rtol=1e-6)
 
 
+def test_checked_mode_under_explicit_sharding():
+    """The checked mode (it jits itself) on sharded inputs: same value; a bad label found."""
+    x, y, _ = _data()
+    checked = jaxseg.checked(jaxseg.dice_ce)
+    want = jaxseg.dice_ce(x, y, ignore_index=2)
+    np.testing.assert_allclose(checked(*_sharded(x, y), ignore_index=2), want, rtol=2e-5)
+    bad = y.at[5, 3, 4].set(7)
+    with pytest.raises(Exception, match="e.g. 7"):
+        checked(*_sharded(x, bad))
+
+
 def test_deep_supervision_under_explicit_sharding():
     x, y, _ = _data()
     pyramid = [x, x[:, ::2, ::2]]
@@ -263,6 +273,7 @@ def test_every_public_function_is_covered():
     }
     # validate_values runs inside the checked mode (the "checked" row above); the named
     # tuples are results; brats_regions builds a static tuple of label sets.
-    covered |= {"validate_values", "Components", "PanopticQuality", "LesionWiseScores"}
+    covered |= {"checked", "validate_values", "Components", "PanopticQuality"}
+    covered |= {"LesionWiseScores"}
     covered |= {"brats_regions"}
     assert public <= covered, sorted(public - covered)
