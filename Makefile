@@ -54,9 +54,9 @@ test: $(STAMP)
 	$(BIN)/python -m ruff check jaxseg tests examples bench tools
 	# Unit, property, doctests, README/docs code blocks, the docs build (tests/test_docs.py),
 	# and tests/multiprocess (a 2-process JAX cluster on loopback, 4 CPU devices each).
-	$(BIN)/python $(PYTEST) -n 2 --dist worksteal
+	$(BIN)/python $(PYTEST) -n 2 --dist loadfile
 	# Scale-out tests: a second process with 8 host devices (XLA reads the flag at start).
-	$(MULTIDEVICE) $(BIN)/python $(PYTEST) -n 2 --dist worksteal tests/multidevice
+	$(MULTIDEVICE) $(BIN)/python $(PYTEST) -n 2 tests/multidevice
 
 # The declared floors (pyproject.toml, read by tools/floors.py) on Python 3.11: the tests
 # that need no oracle (torch, MONAI, optax, flax are not installed; those tests skip).
