@@ -158,12 +158,7 @@ def _reduce_means(
     return _reduce.weighted_reduce(w * values, w, reduction, None if batch else axis_name)
 
 
-def _validate(logits, labels, *, activation, ignore_index, where, class_weights, reduction):
-    _checks.check_logits_labels(
-        logits, labels, activation=activation, ignore_index=ignore_index, where=where
-    )
-    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
-    _checks.check_class_weights(class_weights, np.shape(logits)[-1])
+_validate = _checks.check_loss_inputs
 
 
 def _array(x: Any) -> jax.Array | None:

@@ -561,6 +561,24 @@ def check_logits_labels(
     check_where(where, shape[:-1])
 
 
+def check_loss_inputs(
+    logits: Any,
+    labels: Any,
+    *,
+    activation: str | None,
+    ignore_index: int | None,
+    where: Any,
+    class_weights: Any,
+    reduction: str,
+) -> None:
+    """The checks every loss of ``(logits, labels)`` shares: inputs, reduction, weights."""
+    check_logits_labels(
+        logits, labels, activation=activation, ignore_index=ignore_index, where=where
+    )
+    check_option("reduction", reduction, REDUCTIONS)
+    check_class_weights(class_weights, _shape(logits)[-1])
+
+
 def check_where(where: Any, expected: tuple[int, ...]) -> None:
     """Raises unless ``where`` is None or a boolean array of shape ``expected``."""
     if where is None:

@@ -108,13 +108,17 @@ def _validate(
     empty: str = "smooth",
     squared: bool = False,
 ) -> None:
-    _checks.check_logits_labels(
-        logits, labels, activation=activation, ignore_index=ignore_index, where=where
+    _checks.check_loss_inputs(
+        logits,
+        labels,
+        activation=activation,
+        ignore_index=ignore_index,
+        where=where,
+        class_weights=class_weights,
+        reduction=reduction,
     )
-    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
     _checks.check_option("empty", empty, EMPTY_POLICIES)
     num_classes = jnp.shape(logits)[-1]
-    _checks.check_class_weights(class_weights, num_classes)
     if not include_background and num_classes < 2:
         raise ValueError(
             "`include_background=False` drops class 0 and needs at least 2 classes on the "

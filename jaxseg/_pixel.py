@@ -218,11 +218,15 @@ def _validate(
 ):
     # Pixel losses need logits: activation=None (probabilities) is for overlap losses.
     _checks.check_option("activation", activation, ("softmax", "sigmoid"))
-    _checks.check_logits_labels(
-        logits, labels, activation=activation, ignore_index=ignore_index, where=where
+    _checks.check_loss_inputs(
+        logits,
+        labels,
+        activation=activation,
+        ignore_index=ignore_index,
+        where=where,
+        class_weights=class_weights,
+        reduction=reduction,
     )
-    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
-    _checks.check_class_weights(class_weights, jnp.shape(logits)[-1])
     _check_pixel_weights(pixel_weights, jnp.shape(logits)[:-1])
 
 

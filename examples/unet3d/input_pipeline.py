@@ -32,6 +32,8 @@ from pathlib import Path
 import grain
 import numpy as np
 
+from examples.unet import input_pipeline as unet_input_pipeline
+
 NUM_CLASSES = 4
 CLASS_NAMES = ("background", "grey matter", "white matter", "other brain tissue")
 SPACING_MM = 2.0
@@ -126,20 +128,8 @@ def split(volume: Volume, patch: int) -> tuple[list[Volume], Volume]:
     return train, held_out
 
 
-class PatchIndices(grain.sources.RandomAccessDataSource):
-    """Record ``i`` is the index of the ``i``-th random patch (the patch is made by a map)."""
-
-    def __init__(self, num_records: int):
-        self._num_records = num_records
-
-    def __len__(self) -> int:
-        return self._num_records
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-    def __repr__(self) -> str:  # grain checks it when a checkpoint is restored
-        return f"PatchIndices(num_records={self._num_records})"
+# Record i is the index of the i-th random patch (the patch is made by a map).
+PatchIndices = unet_input_pipeline.CropIndices
 
 
 class RandomPatch(grain.transforms.RandomMap):
