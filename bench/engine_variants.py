@@ -2,12 +2,13 @@
 
 Usage: python -m bench.engine_variants 4,19,117 12   (class counts, interleaved rounds)
 
-Both variants share the forward pass (jaxseg._softmax._pass/_outputs); the custom_vjp
+Both variants share the forward pass (jaxseg._softmax._forward); the custom_vjp
 one writes the backward formula of the module docstring by hand and saves the pass's
 values as residuals. Prints the median time of jit(value_and_grad) per loss and the XLA
 temporary memory, both variants timed in the same balanced interleaved rounds.
 """
 
+import functools
 import sys
 import time
 
@@ -19,32 +20,33 @@ import jaxseg
 from jaxseg import _softmax as S
 
 
-@jax.custom_vjp
-def engine_vjp(x, labels, valid, weights):
-    return S._outputs(x, S._pass(x, labels, valid), labels, weights)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def engine_vjp(x, y, v, weights, overlap):
+    return S._forward(x, y, v, weights, overlap)[0]
 
 
-def fwd(x, labels, valid, weights):
-    f = S._pass(x, labels, valid)
-    return S._outputs(x, f, labels, weights), (x, f, labels, weights)
+def fwd(x, y, v, weights, overlap):
+    out, f = S._forward(x, y, v, weights, overlap)
+    return out, (x, y, v, weights, f)
 
 
-def bwd(res, g):
-    x, f, labels, weights = res
-    g_pred, g_tp, g_lp, g_l1m, g_q = g
-    C = x.shape[-1]
-    y = jnp.clip(labels, 0, C - 1)
-    g_tp_y = jnp.take_along_axis(g_tp, y, axis=1)
-    a = g_lp - (f.p_y / f.rest) * g_l1m + f.vf * f.p_y * g_tp_y
-    pg = jnp.einsum("bnc,bc->bn", f.p, g_pred)
-    W = jnp.sum(weights)
-    coef = a + W * g_q + f.vf * pg
-    dx = (
-        jnp.where(f.hit, a[..., None], 0)
-        + weights.reshape(1, 1, -1) * g_q[..., None]
-        + f.p * (f.vf[..., None] * g_pred[:, None, :] - coef[..., None])
-    )
-    dw = jnp.einsum("bnc,bn->c", x, g_q) - jnp.sum(g_q * (f.top[..., 0] + f.log_s))
+def bwd(overlap, res, g):
+    x, y, v, weights, f = res
+    if overlap:
+        g_pred, g_tp, g_lp, g_l1m, g_q = g
+    else:
+        g_lp, g_l1m, g_q = g
+    p = S._softmax(x, f)
+    a = g_lp - (f.p_y / f.rest) * g_l1m
+    coef = a + jnp.sum(weights) * g_q
+    dx = weights.reshape(1, 1, -1) * g_q[..., None]
+    if overlap:
+        a = a + v * f.p_y * jnp.take_along_axis(g_tp, y, axis=1)
+        coef = a + jnp.sum(weights) * g_q + v * jnp.einsum("bnc,bc->bn", p, g_pred)
+        dx = dx + p * v[..., None] * g_pred[:, None, :]
+    dx = dx + jnp.where(S._hit(y, x.shape[-1]), a[..., None], 0) - p * coef[..., None]
+    log_p = (x - f.top[..., None]) - f.log_s[..., None]
+    dw = jnp.einsum("bnc,bn->c", log_p, g_q)
     return dx, None, None, dw
 
 

@@ -147,7 +147,12 @@ def _stats_for_loss(
         # of soft_label equals sum(p y)). The class weights go to it only so that a
         # cross-entropy on the same logits shares its pass.
         terms, _ = _softmax.terms_of(
-            logits, labels, ignore_index=ignore_index, where=where, class_weights=class_weights
+            logits,
+            labels,
+            ignore_index=ignore_index,
+            where=where,
+            class_weights=class_weights,
+            overlap=True,
         )
         stats = _softmax.overlap_stats(terms)
     else:

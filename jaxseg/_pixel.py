@@ -132,7 +132,12 @@ def _cross_entropy(
     )
     if _softmax.applies(activation, labels):
         terms, valid = _softmax.terms_of(
-            logits, labels, ignore_index=ignore_index, where=where, class_weights=class_weights
+            logits,
+            labels,
+            ignore_index=ignore_index,
+            where=where,
+            class_weights=class_weights,
+            overlap=False,
         )
         dtype = terms.log_p.dtype
         weight_y = _label_weight(class_weights, labels, dtype)
@@ -179,7 +184,12 @@ def _focal_loss(
     )
     if _softmax.applies(activation, labels):
         terms, valid = _softmax.terms_of(
-            logits, labels, ignore_index=ignore_index, where=where, class_weights=class_weights
+            logits,
+            labels,
+            ignore_index=ignore_index,
+            where=where,
+            class_weights=class_weights,
+            overlap=False,
         )
         dtype = terms.log_p.dtype
         weight_y = _label_weight(class_weights, labels, dtype)

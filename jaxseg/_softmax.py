@@ -14,7 +14,8 @@ constant to all logits of a pixel changes nothing, up to offsets of 1e30):
 .. math::
     z_c = x_c - m, \quad s = \sum_c e^{z_c}, \quad p_c = e^{z_c - \log s}, \quad
     \log p_y = z_y - \log s, \quad
-    \log(1 - p_y) = \log \textstyle\sum_{c \ne y} p_c,
+    1 - p_y = \begin{cases} \textstyle\sum_{c:\, z_c < 0} e^{z_c} / s & p_y > 1/2 \\
+    1 - p_y & \text{otherwise,} \end{cases}
 
     q = \sum_c w_c \log p_c = \sum_c w_c z_c - W \log s \quad (W = \textstyle\sum_c w_c),
 
@@ -33,12 +34,25 @@ class axis minor is a strided loop (measured, forward only, on 8 MiB of float32 
 too). ``tp`` and ``n`` are segment
 sums of per-pixel values indexed by the label, O(pixels) whatever the class count (a
 masked class-axis sum would be O(pixels x classes) and a float one-hot a copy of the
-logits). ``log p_y`` is a gather (``take_along_axis``) of ``x``. ``sum_{c != y} p_c`` is
-its own masked sum (not ``1 - p_y``, which cancels when ``p_y`` is close to 1) and is
-floored at the smallest normal float: below it ``log p_y`` and its derivative are 0 too.
-Neither ``z`` nor ``e^z`` is stored: each consumer recomputes it from ``x``, and ``p`` is
-a second exponential rather than ``e^z / s`` (see :func:`_pass` for the measurements).
-XLA drops the outputs a loss does not use.
+logits). ``log p_y`` is a gather (``take_along_axis``) of ``x``. ``1 - p_y`` (the focal
+factor) never cancels: above 1/2, ``y`` is the only maximum, so ``z_y = 0`` and the other
+classes are exactly those with ``z_c < 0``, summed on their own; at most 1/2, ``1 - p_y``
+is at least 1/2. It is floored at the smallest normal float. That sum is a plain
+reduction of ``e^z`` (no comparison with the label), which XLA computes from the stored
+``x - m`` as it does ``s``: with the former masked sum ``sum_{c != y} p_c``, the focal loss
+stored ``e^z`` and the masked copy (temporary memory over the logits, before / after:
+4 classes 2.00 / 1.00, 19 classes 1.32 / 0.32, 117 classes 1.05 / 0.05; no slower).
+The cross-entropy and focal losses ask the engine for the per-pixel values only
+(``overlap=False``); XLA drops the outputs a loss does not use.
+
+``p`` is stored once (the dot reads it) and the gradient reads it again; recomputing it
+in the gradient loop costs an exponential per element, about 3 ns on this CPU backend
+(measured: 2.1M float32 elements, ``exp`` 5.2-7.0 ms of CPU time, a multiply 1.55 ms).
+Measured with a variant that recomputed ``p`` there (an optimisation barrier kept XLA
+from reusing the stored copy, which then shared the gradient's buffer): ``dice_loss``
+temporary memory 0.47x instead of 1.37x the logits at 19 classes and 0.08x instead of
+1.06x at 117, but 2.2x instead of 1.35x optax CE's time at 19 classes and 2.8x instead
+of 2.0x at 117 (CPU time, interleaved). This engine keeps the stored ``p``.
 
 Few classes (at most ``MAX_UNROLLED_CLASSES``, 5): the same formulas, with the class
 axis unrolled. The per-pixel reductions over classes (``m``, ``s``, ``x_y`` as a select
@@ -52,8 +66,9 @@ the compiled HLO) that needs its operand stored: ``x - m``, a copy of the logits
 plane per reduction input; the segment sums store an index plane and a values plane.
 Measured on ``(8, 256, 256, 4)`` float32 ``jit(value_and_grad)``, temporary memory as a
 multiple of the logits' bytes, before / after: ``dice_ce`` 3.00 / 1.75,
-``cross_entropy`` 1.25 / 0.25, ``dice_loss`` 2.00 / 1.75, ``focal_loss`` 2.50 / 2.00;
-time over optax CE ``dice_ce`` 1.55 / 0.94 (interleaved, loaded machine). The rest of
+``cross_entropy`` 1.25 / 0.25, ``dice_loss`` 2.00 / 1.75, ``focal_loss`` 2.50 / 2.00
+(1.00 with the focal factor above); time over optax CE ``dice_ce`` 1.55 / 0.94
+(interleaved, loaded machine). The rest of
 the temporary memory at 4 classes is one stored ``p`` (1.0x: the transpose of ``d pred``,
 a matrix-vector product, reads it and the gradient loop reads it again; XLA does not
 write the gradient over it) and per-pixel planes (0.25x each). Above the cutoff
@@ -67,7 +82,7 @@ class weights' tangent ``dw``). With the per-pixel ``dot = sum_c p_c dx_c``:
 
 .. math::
     d \log p_y = dx_y - dot, \qquad d \log(1 - p_y) = -r\, d\log p_y, \quad
-    r = p_y / \textstyle\sum_{c \ne y} p_c,
+    r = p_y / (1 - p_y),
 
     dq = \sum_c w_c\, dx_c - W\, dot + \sum_c dw_c \log p_c, \qquad
     d\mathrm{pred}_{bc} = \sum_i v_i\, p_{ic} (dx_{ic} - dot_i), \qquad
@@ -159,16 +174,26 @@ class SoftmaxTerms(NamedTuple):
 MAX_UNROLLED_CLASSES = 5
 
 
+def _pixels(a: jax.Array) -> jax.Array:
+    """``(b, *spatial)`` as ``(b, n)``."""
+    return a.reshape(a.shape[0], -1)
+
+
 def _unrolled(num_classes: int) -> bool:
     return num_classes <= MAX_UNROLLED_CLASSES
 
 
-def _class_reduce(op, a: jax.Array) -> jax.Array:
-    """``(b, n, C)`` reduced over the class axis by ``op`` (``jnp.add`` or ``jnp.maximum``)."""
-    num_classes = a.shape[-1]
-    if _unrolled(num_classes):
-        return functools.reduce(op, [a[..., c] for c in range(num_classes)])
-    return jnp.sum(a, axis=-1) if op is jnp.add else jnp.max(a, axis=-1)
+def _class_sum(a: jax.Array) -> jax.Array:
+    """``(b, n, C)`` summed over the class axis (unrolled up to the cutoff)."""
+    if _unrolled(a.shape[-1]):
+        return functools.reduce(jnp.add, [a[..., c] for c in range(a.shape[-1])])
+    return jnp.sum(a, axis=-1)
+
+
+def _class_max(a: jax.Array) -> jax.Array:
+    if _unrolled(a.shape[-1]):
+        return functools.reduce(jnp.maximum, [a[..., c] for c in range(a.shape[-1])])
+    return jnp.max(a, axis=-1)
 
 
 # The pixel sums of the unrolled path are taken over this many contiguous blocks of
@@ -181,8 +206,7 @@ def _pixel_sums(planes: list[jax.Array]) -> list[jax.Array]:
 
     XLA compiles a variadic ``lax.reduce`` as one loop that computes its operands in
     place, where a plain ``jnp.sum`` of a masked plane is handed to a library reduction
-    that needs the plane stored (see the module docstring). Primal values only: the
-    tangent rule uses ``jnp.sum``.
+    that needs the plane stored (see the module docstring).
     """
     batch, n = planes[0].shape
     blocks = _BLOCKS if n % _BLOCKS == 0 else 1
@@ -208,106 +232,140 @@ def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.
     )
 
 
-class _Pass(NamedTuple):
-    """The primal values of one pass, shared by the outputs and the tangent rule."""
-
-    top: jax.Array  # (b, n, 1) m = max_c x_c
-    p: jax.Array  # (b, n, C) softmax
-    hit: jax.Array  # (b, n, C) bool [c = y], compared in place, never stored
-    log_s: jax.Array  # (b, n)
-    log_p: jax.Array  # (b, n)
-    p_y: jax.Array  # (b, n)
-    rest: jax.Array  # (b, n) sum_{c != y} p_c, floored
-    vf: jax.Array  # (b, n) validity as 0/1
-
-
-def _pass(x, labels, valid) -> _Pass:
-    num_classes = x.shape[-1]
-    # x - m is never an array of its own: each consumer recomputes it from x, so XLA
-    # stores one (b, n, C) array, p (measured on (8, 117, 117, 4) float32: a stored x - m
-    # was 1.0x the logits of temporary memory in cross_entropy).
-    top = _class_reduce(jnp.maximum, x)[..., None]
-    log_s = jnp.log(_class_reduce(jnp.add, jnp.exp(x - top)))
-    # exp(x - m - log s), not e / s: a second exponential that XLA fuses into each
-    # consumer of p, where a division of e would make XLA store both e and p (measured
-    # on (8, 47, 47, 117) float32: dice_ce temporary memory 2.09x the logits with e / s).
-    # (x - m) - log s, in this order: m + log s would round away log s for |m| >> 1.
-    p = jnp.exp((x - top) - log_s[..., None])
-    y = jnp.clip(labels, 0, num_classes - 1)
-    hit = y[..., None] == jnp.arange(num_classes, dtype=y.dtype).reshape(1, 1, -1)
+def _label_sums(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """``sum_{i: y_i = c} values_i``: ``(batch, C)``, O(pixels) at any class count."""
     if _unrolled(num_classes):
-        x_y = _class_reduce(jnp.add, jnp.where(hit, x, 0))
+        zero = jnp.zeros((), values.dtype)
+        planes = [jnp.where(labels == c, values, zero) for c in range(num_classes)]
+        return jnp.stack(_pixel_sums(planes), axis=1)
+    return _segment_sum(values, labels, num_classes)
+
+
+def _overlap_sums(p: jax.Array, v: jax.Array, tp_values: jax.Array, labels: jax.Array):
+    """``pred_sum = sum_i v_i p_ic`` and ``tp = sum_{i: y_i = c} tp_values_i``.
+
+    Up to the cutoff in one variadic reduction; above it a matrix-vector product (one
+    read of ``p``: XLA's CPU backend runs it on its dot path, see the module docstring)
+    and a segment sum.
+    """
+    num_classes = p.shape[-1]
+    if _unrolled(num_classes):
+        zero = jnp.zeros((), v.dtype)
+        sums = _pixel_sums(
+            [v * p[..., c] for c in range(num_classes)]
+            + [jnp.where(labels == c, tp_values, zero) for c in range(num_classes)]
+        )
+        return jnp.stack(sums[:num_classes], axis=1), jnp.stack(sums[num_classes:], axis=1)
+    return jnp.einsum("bnc,bn->bc", p, v), _segment_sum(tp_values, labels, num_classes)
+
+
+class _Pass(NamedTuple):
+    """The per-pixel primal values of one pass (each ``(b, n)``)."""
+
+    top: jax.Array  # m = max_c x_c
+    log_s: jax.Array  # log sum_c e^(x_c - m)
+    log_p: jax.Array  # log p_y
+    p_y: jax.Array
+    rest: jax.Array  # sum_{c != y} p_c, floored at the smallest normal float
+    weighted: jax.Array  # sum_c w_c log p_c
+
+
+def _hit(y: jax.Array, num_classes: int) -> jax.Array:
+    """``[c = y]`` as a ``(b, n, C)`` comparison (computed in place by its consumers)."""
+    return y[..., None] == jnp.arange(num_classes, dtype=y.dtype).reshape(1, 1, -1)
+
+
+def _pass(x, y, weights) -> _Pass:
+    num_classes = x.shape[-1]
+    hit = _hit(y, num_classes)
+    top = _class_max(x)
+    z = x - top[..., None]
+    e = jnp.exp(z)
+    s = _class_sum(e)
+    log_s = jnp.log(s)
+    if _unrolled(num_classes):
+        x_y = _class_sum(jnp.where(hit, x, 0))
     else:
         x_y = jnp.take_along_axis(x, y[..., None], axis=-1)[..., 0]
-    log_p = (x_y - top[..., 0]) - log_s
-    # 1 - p_y as the sum of the other probabilities (no cancellation as p_y -> 1), from p
-    # rather than from e: a second consumer of e would make XLA store e beside p
-    # (measured on (8, 47, 47, 117) float32: focal_loss temporary memory 2.03x the logits).
-    rest = _class_reduce(jnp.add, jnp.where(hit, 0, p))
+    # (x - m) - log s, in this order: m + log s would round away log s for |m| >> 1.
+    log_p = (x_y - top) - log_s
+    p_y = jnp.exp(log_p)
+    # 1 - p_y without cancellation: above 1/2, y is the only maximum and 1 - p_y is the
+    # sum of the other terms, those below the maximum, over s.
+    below_top = _class_sum(jnp.where(z < 0, e, 0))
+    rest = jnp.where(p_y > 0.5, below_top / s, 1 - p_y)
     rest = jnp.maximum(rest, jnp.finfo(x.dtype).tiny)
-    return _Pass(top, p, hit, log_s, log_p, jnp.exp(log_p), rest, valid.astype(x.dtype))
+    weighted = _class_sum(z * weights.reshape(1, 1, -1)) - jnp.sum(weights) * log_s
+    return _Pass(top, log_s, log_p, p_y, rest, weighted)
 
 
-def _log_p_dot(x, f: _Pass, weights):
-    """``sum_c u_c log p_c = sum_c u_c (x_c - m) - log s sum_c u_c`` for a vector ``u``."""
-    relative = _class_reduce(jnp.add, (x - f.top) * weights.reshape(1, 1, -1))
-    return relative - jnp.sum(weights) * f.log_s
+def _softmax(x, f: _Pass) -> jax.Array:
+    """``p = exp((x - m) - log s)`` from ``x`` and the pass's per-pixel values."""
+    return jnp.exp((x - f.top[..., None]) - f.log_s[..., None])
 
 
-def _outputs(x, f: _Pass, labels, weights):
-    num_classes = f.p.shape[-1]
-    y = jnp.clip(labels, 0, num_classes - 1)
-    if _unrolled(num_classes):
-        zero = jnp.zeros((), x.dtype)
-        sums = _pixel_sums(
-            [f.vf * f.p[..., c] for c in range(num_classes)]
-            + [jnp.where(y == c, f.vf * f.p_y, zero) for c in range(num_classes)]
-        )
-        pred_sum = jnp.stack(sums[:num_classes], axis=1)
-        tp = jnp.stack(sums[num_classes:], axis=1)
-    else:
-        pred_sum = jnp.einsum("bnc,bn->bc", f.p, f.vf)
-        tp = _segment_sum(f.vf * f.p_y, y, num_classes)
-    log1m_p = jnp.log(f.rest)
-    return pred_sum, tp, f.log_p, log1m_p, _log_p_dot(x, f, weights)
+def _forward(x, y, v, weights, overlap: bool):
+    f = _pass(x, y, weights)
+    pixel = (f.log_p, jnp.log(f.rest), f.weighted)
+    if not overlap:
+        return pixel, f
+    pred_sum, tp = _overlap_sums(_softmax(x, f), v, v * f.p_y, y)
+    return (pred_sum, tp, *pixel), f
 
 
-@jax.custom_jvp
-def _engine(x, labels, valid, weights):
-    return _outputs(x, _pass(x, labels, valid), labels, weights)
+def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
+    """The outputs' tangents, linear in ``dx`` and ``dw`` (module docstring, Derivatives).
 
-
-def _engine_jvp(primals, tangents):
-    x, labels, valid, weights = primals
-    dx, _, _, dw = tangents
-    f = _pass(x, labels, valid)
-    out = _outputs(x, f, labels, weights)
+    JAX transposes this rule for reverse mode, so each term is written in the form whose
+    transpose is cheapest (see the module docstring).
+    """
     num_classes = x.shape[-1]
-    y = jnp.clip(labels, 0, num_classes - 1)
-    zero_pixel = jnp.zeros_like(f.log_s)
-    if isinstance(dx, SymbolicZero):
-        d_pred = jnp.zeros_like(out[0])
-        d_log_p = dot = zero_pixel
-        d_weighted = zero_pixel
-    else:
-        dot = jnp.sum(f.p * dx, axis=-1)
-        d_log_p = jnp.sum(jnp.where(f.hit, dx, 0), axis=-1) - dot
-        d_pred = jnp.sum(f.p * dx * f.vf[..., None], axis=1) - jnp.einsum(
-            "bnc,bn->bc", f.p, f.vf * dot
-        )
-        d_weighted = jnp.sum(dx * weights.reshape(1, 1, -1), axis=-1) - jnp.sum(weights) * dot
-    if not isinstance(dw, SymbolicZero):
-        d_weighted = d_weighted + _log_p_dot(x, f, dw)
-    d_tp = _segment_sum(f.vf * f.p_y * d_log_p, y, num_classes)
+    w = weights.reshape(1, 1, -1)
+    p = _softmax(x, f)
+    dot = jnp.sum(p * dx, axis=-1)
+    dx_y = jnp.sum(jnp.where(_hit(y, num_classes), dx, 0), axis=-1)
+    w_dx = jnp.sum(dx * w, axis=-1)
+    d_log_p = dx_y - dot
     d_log1m = -(f.p_y / f.rest) * d_log_p
-    return out, (d_pred, d_tp, d_log_p, d_log1m, d_weighted)
+    d_weighted = w_dx - jnp.sum(weights) * dot
+    if dw is not None:
+        z = x - f.top[..., None]
+        d_weighted = d_weighted + jnp.sum(z * dw.reshape(1, 1, -1), axis=-1)
+        d_weighted = d_weighted - jnp.sum(dw) * f.log_s
+    pixel = (d_log_p, d_log1m, d_weighted)
+    if not overlap:
+        return pixel
+    d_pred = jnp.sum(p * dx * v[..., None], axis=1) - jnp.einsum("bnc,bn->bc", p, v * dot)
+    d_tp = _segment_sum(v * f.p_y * d_log_p, y, num_classes)
+    return (d_pred, d_tp, *pixel)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _engine(x, y, v, weights, overlap):
+    return _forward(x, y, v, weights, overlap)[0]
+
+
+def _engine_jvp(overlap, primals, tangents):
+    x, y, v, weights = primals
+    dx, _, _, dw = tangents
+    out, f = _forward(x, y, v, weights, overlap)
+    if isinstance(dx, SymbolicZero) and isinstance(dw, SymbolicZero):
+        return out, tuple(jnp.zeros_like(o) for o in out)
+    dx = jnp.zeros_like(x) if isinstance(dx, SymbolicZero) else dx
+    dw = None if isinstance(dw, SymbolicZero) else dw
+    return out, _tangent(x, y, v, weights, f, overlap, dx, dw)
 
 
 _engine.defjvp(_engine_jvp, symbolic_zeros=True)
 
 
 def softmax_terms(
-    logits: jax.Array, labels: jax.Array, valid: jax.Array, weights: jax.Array
+    logits: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    weights: jax.Array,
+    *,
+    overlap: bool = True,
 ) -> SoftmaxTerms:
     """The engine's terms for ``softmax(logits)`` against integer labels.
 
@@ -318,6 +376,8 @@ def softmax_terms(
         excluded by ``valid``.
       valid: ``(batch, *spatial)`` bool.
       weights: ``(classes,)`` class weights of ``weighted_log_p``.
+      overlap: compute ``pred_sum``, ``tp`` and ``label_sum`` (the overlap losses'
+        sums); without them (the cross-entropy and focal losses) they are ``None``.
 
     Returns:
       :class:`SoftmaxTerms`.
@@ -325,19 +385,15 @@ def softmax_terms(
     batch, num_classes = logits.shape[0], logits.shape[-1]
     spatial = logits.shape[1:-1]
     x = logits.reshape(batch, -1, num_classes)
-    y = labels.astype(jnp.int32).reshape(batch, -1)
-    v = valid.reshape(batch, -1)
-    pred_sum, tp, log_p, log1m_p, weighted = _engine(x, y, v, weights.astype(x.dtype))
-    y_in = jnp.clip(y, 0, num_classes - 1)
-    if _unrolled(num_classes):
-        counts = jnp.stack(
-            _pixel_sums([(v & (y_in == c)).astype(jnp.int32) for c in range(num_classes)]),
-            axis=1,
-        )
-    else:
-        counts = _segment_sum(v.astype(jnp.int32), y_in, num_classes)
+    y = jnp.clip(_pixels(labels).astype(jnp.int32), 0, num_classes - 1)
+    v = _pixels(valid).astype(x.dtype)
+    out = _engine(x, y, v, weights.astype(x.dtype), overlap)
     pixel = lambda a: a.reshape(batch, *spatial)
-    return SoftmaxTerms(pred_sum, tp, counts, pixel(log_p), pixel(log1m_p), pixel(weighted))
+    log_p, log1m_p, weighted = (pixel(a) for a in out[-3:])
+    if not overlap:
+        return SoftmaxTerms(None, None, None, log_p, log1m_p, weighted)
+    counts = _label_sums(_pixels(valid).astype(jnp.int32), y, num_classes)
+    return SoftmaxTerms(out[0], out[1], counts, log_p, log1m_p, weighted)
 
 
 def applies(activation: str | None, labels: jax.Array) -> bool:
@@ -352,6 +408,7 @@ def terms_of(
     ignore_index: int | None,
     where: jax.Array | None,
     class_weights: jax.Array | None,
+    overlap: bool,
 ) -> tuple[SoftmaxTerms, jax.Array]:
     """:func:`softmax_terms` of a loss's inputs, and the validity mask.
 
@@ -367,7 +424,7 @@ def terms_of(
         if class_weights is None
         else class_weights.astype(x.dtype)
     )
-    return softmax_terms(x, labels, valid, weights), valid
+    return softmax_terms(x, labels, valid, weights, overlap=overlap), valid
 
 
 def overlap_stats(terms: SoftmaxTerms) -> OverlapStats:

@@ -107,6 +107,32 @@ def test_terms_and_their_derivatives_match_float64(shape):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("num_classes", [3, 8, 117])
+def test_log1m_p_has_no_cancellation_near_one_half_and_one(num_classes):
+    # Margins from a tie (p_y <= 1/2, ties with the label) through p_y just above 1/2 to
+    # p_y = 1 - 1e-30: log(1 - p_y) against float64 from the other classes' terms.
+    margins = np.array([0.0, 0.0, 1e-4, 0.5, np.log(num_classes - 1.0), 1.0, 5.0, 20.0, 69.0])
+    rows = len(margins)
+    rng = np.random.default_rng(num_classes)
+    x = rng.normal(size=(rows, num_classes)) * 0.1
+    y = rng.integers(0, num_classes, size=rows)
+    others = np.ones((rows, num_classes), bool)
+    others[np.arange(rows), y] = False
+    x[np.arange(rows), y] = x[others].reshape(rows, -1).max(-1) + margins
+    x[1, (y[1] + 1) % num_classes] = x[1, y[1]]  # a tie with the label
+    x = x.astype(np.float32)
+    x64 = x.astype(np.float64)
+    top = x64.max(-1, keepdims=True)
+    e = np.exp(x64 - top)
+    want = np.log((e * others).sum(-1) / e.sum(-1))
+    t = _softmax.softmax_terms(
+        jnp.asarray(x)[None], jnp.asarray(y, jnp.int32)[None], jnp.ones((1, rows), bool),
+        jnp.ones((num_classes,)),
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(t.log1m_p[0]), want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(np.asarray(t.log1m_p)))
+
+
 def test_dice_ce_computes_the_softmax_pass_once():
     """Dice and CE share the engine's pass: as many exponentials as the Dice loss alone."""
     x = jnp.zeros((2, 16, 16, 19))
