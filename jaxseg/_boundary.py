@@ -430,7 +430,6 @@ def hausdorff_dt_loss(
         class_weights=class_weights,
         reduction=reduction,
     )
-    _checks.check_nonnegative("alpha", alpha)
     if np.shape(alpha) != ():
         raise ValueError(f"`alpha` must be a scalar; got shape {np.shape(alpha)}.")
     return _hausdorff_dt_loss(

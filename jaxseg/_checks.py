@@ -174,8 +174,9 @@ def as_number(
     lists and tuples become arrays. Strings, bools, None (unless ``optional``) and
     non-numeric arrays raise :class:`ArgumentTypeError`; a shape other than a scalar
     (or, with ``per_class``, any shape: the caller checks it against the class count),
-    a non-finite entry or an entry outside the range raise ``ValueError``. Traced values
-    are checked for type and shape only.
+    a non-finite entry or an entry outside the range raise ``ValueError``. The range is
+    ``[low, high]``, ``(low, high]`` with ``low_open``, and unbounded on a side whose
+    bound is None. Traced values are checked for type and shape only.
     """
     if value is None:
         if optional:
@@ -201,19 +202,33 @@ def as_number(
     if _is_tracer(value):
         return value
     arr = np.asarray(value, dtype=np.float64)
-    if low is not None and high is not None:
-        wanted, ok = f"lie in [{low:g}, {high:g}]", (arr >= low) & (arr <= high)
-    elif low is not None:
-        wanted = f"be {'>' if low_open else '>='} {low:g}"
-        ok = arr > low if low_open else arr >= low
-    else:
-        wanted, ok = "be finite", np.isfinite(arr)
+    wanted = _range_words(low, high, low_open)
     if not np.all(np.isfinite(arr)):
-        wanted = wanted.removeprefix("be ")
-        raise ValueError(f"`{name}` must be finite and {wanted}; got {_show(original)}.")
+        also = "" if wanted is None else " and " + wanted.removeprefix("be ")
+        raise ValueError(f"`{name}` must be finite{also}; got {_show(original)}.")
+    ok = np.ones(arr.shape, bool)
+    if low is not None:
+        ok &= arr > low if low_open else arr >= low
+    if high is not None:
+        ok &= arr <= high
     if not np.all(ok):
         raise ValueError(f"`{name}` must {wanted}; got {_show(original)}.")
     return value
+
+
+def _range_words(low: float | None, high: float | None, low_open: bool) -> str | None:
+    """The range ``low`` (excluded with ``low_open``) to ``high`` (included) in words.
+
+    ``"lie in (0, 100]"`` with both bounds, ``"be > 0"`` or ``"be <= 1"`` with one, None
+    with none.
+    """
+    if low is not None and high is not None:
+        return f"lie in {'(' if low_open else '['}{low:g}, {high:g}]"
+    if low is not None:
+        return f"be {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"be <= {high:g}"
+    return None
 
 
 Rule = Callable[[str, Any], Any]
@@ -423,15 +438,6 @@ def check_nonnegative(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be >= 0; got {_show(value)}.")
 
 
-def check_unit_interval(name: str, value: Any) -> None:
-    """Raises if a concrete ``value`` lies outside [0, 1]."""
-    if value is None or _is_tracer(value):
-        return
-    arr = np.asarray(value, dtype=np.float64)
-    if np.any(np.isnan(arr)) or np.any(arr < 0) or np.any(arr > 1):
-        raise ValueError(f"`{name}` must lie in [0, 1]; got {_show(value)}.")
-
-
 def is_integer_labels(labels: Any) -> bool:
     """True for class-index labels (integer or boolean dtype), False for dense labels."""
     dtype = jnp.asarray(labels).dtype if not hasattr(labels, "dtype") else labels.dtype
@@ -468,7 +474,10 @@ def check_num_classes(num_classes: Any, include_background: bool = True) -> None
 
 
 def check_class_weights(class_weights: Any, num_classes: int) -> None:
-    """Raises unless ``class_weights`` is None or a non-negative ``(num_classes,)`` vector."""
+    """Raises unless ``class_weights`` is None or a ``(num_classes,)`` vector.
+
+    Its values (finite, >= 0) are checked by the ``class_weights`` rule of :func:`normalised`.
+    """
     if class_weights is None:
         return
     _assert(
@@ -478,7 +487,6 @@ def check_class_weights(class_weights: Any, num_classes: int) -> None:
         message=f"`class_weights` must have shape ({num_classes},), one weight per class "
         f"(background included); got shape {_shape(class_weights)}.",
     )
-    check_nonnegative("class_weights", class_weights)
 
 
 def check_logits_labels(
@@ -553,11 +561,6 @@ def check_logits_labels(
             )
     else:
         raise ValueError(f"`labels` must be integer or floating; got dtype {labels.dtype}.")
-    if ignore_index is not None and (
-        not isinstance(ignore_index, (int, np.integer))
-        or isinstance(ignore_index, (bool, np.bool_))
-    ):
-        raise ValueError(f"`ignore_index` must be an int or None; got {ignore_index!r}.")
     check_where(where, shape[:-1])
 
 

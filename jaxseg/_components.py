@@ -299,14 +299,6 @@ def connected_components(
     (mask,) = _sharding.replicated(jnp.asarray(mask))
     _check_mask(mask)
     connectivity = check_connectivity(connectivity, mask.ndim - 1)
-    if max_components is not None and (
-        isinstance(max_components, bool)
-        or not isinstance(max_components, (int, np.integer))
-        or max_components < 1
-    ):
-        raise ValueError(
-            f"`max_components` must be a positive int or None; got {max_components!r}."
-        )
     components, _ = _connected_components(
         mask,
         connectivity=connectivity,

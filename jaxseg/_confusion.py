@@ -39,7 +39,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxseg import _checks, _distance, _metrics
 from jaxseg._stats import OverlapStats
@@ -116,13 +115,6 @@ def _codes(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(_CODES[name.lower().replace(" ", "_")] for name in names)
 
 
-def _check_beta(beta: Any) -> None:
-    if np.shape(beta) != ():
-        raise ValueError(f"`beta` must be a scalar; got shape {np.shape(beta)}.")
-    if not isinstance(beta, jax.core.Tracer) and not np.isfinite(np.asarray(beta, np.float64)):
-        raise ValueError(f"`beta` must be finite; got {beta!r}.")
-
-
 # ----------------------------------------------------------------------- formulas
 
 
@@ -195,7 +187,6 @@ def state_scores(
 ) -> dict[str, jax.Array]:
     """``compute(state, metrics=...)``: the named metrics of the state's global counts."""
     names = metric_names(metrics)
-    _check_beta(beta)
     return _state_scores(
         state, jnp.asarray(beta, jnp.float32), names=names, include_background=include_background
     )
@@ -284,7 +275,6 @@ def confusion_metrics(
     """
     _checks.check_num_classes(num_classes, include_background)
     names = metric_names(metrics)
-    _check_beta(beta)
     predictions, labels, where = _metrics._class_maps(
         predictions, labels, where, ignore_index, int(num_classes)
     )

@@ -270,12 +270,6 @@ def _lovasz_softmax(
     return _per_image_mean(image_loss, jnp.any(valid, axis=-1), "mean", axis_name)
 
 
-def _check_common(reduction: str, per_image: Any) -> None:
-    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
-    if not isinstance(per_image, (bool, np.bool_)):
-        raise ValueError(f"`per_image` must be a bool; got {per_image!r}.")
-
-
 @_checks.normalised
 def lovasz_softmax_loss(
     logits: ArrayLike,
@@ -349,7 +343,7 @@ def lovasz_softmax_loss(
     _checks.check_logits_labels(
         logits, labels, activation=activation, ignore_index=ignore_index, where=where
     )
-    _check_common(reduction, per_image)
+    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
     num_classes = jnp.shape(logits)[-1]
     _checks.check_class_weights(class_weights, num_classes)
     if isinstance(classes, str):
@@ -459,7 +453,7 @@ def lovasz_hinge_loss(
     _checks.check_logits_labels(
         logits, labels, activation="sigmoid", ignore_index=ignore_index, where=where
     )
-    _check_common(reduction, per_image)
+    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
     if jnp.shape(logits)[-1] != 1:
         raise ValueError(
             "`lovasz_hinge_loss` takes one binary channel: `logits` of shape (batch, "

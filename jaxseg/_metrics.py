@@ -61,10 +61,6 @@ def _class_maps(
     labels = _checks.as_array("labels", labels)
     _checks.check_class_maps(predictions, labels, ranks=(2, 3, 4))
     _checks.check_where(where, labels.shape)
-    if ignore_index is not None and (
-        not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool)
-    ):
-        raise ValueError(f"`ignore_index` must be an int or None; got {ignore_index!r}.")
     where = None if where is None else jnp.asarray(where)
     return (
         _checks.class_map_int32(predictions, num_classes),
@@ -110,7 +106,6 @@ def predictions_from_logits(
       Array([[1, 0]], dtype=int32)
     """
     _checks.check_option("activation", activation, _checks.ACTIVATIONS)
-    _checks.check_unit_interval("threshold", threshold)
     logits = _checks.as_array("logits", logits)
     chex.assert_type(
         logits,

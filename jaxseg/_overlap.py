@@ -261,8 +261,6 @@ def _call(
         empty=empty,
         squared=squared,
     )
-    _checks.check_nonnegative("smooth_nr", smooth_nr)
-    _checks.check_nonnegative("smooth_dr", smooth_dr)
     return _overlap_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),
@@ -486,8 +484,6 @@ def tversky_loss(
       Abraham, Khan. A Novel Focal Tversky Loss Function with Improved Attention U-Net
       for Lesion Segmentation. ISBI 2019.
     """
-    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        _checks.check_nonnegative(name, value)
     return _call(
         _tversky_loss_score,
         logits,
@@ -630,8 +626,6 @@ def generalized_dice_loss(
         reduction=reduction,
     )
     _checks.check_option("weight_type", weight_type, WEIGHT_TYPES)
-    _checks.check_nonnegative("smooth_nr", smooth_nr)
-    _checks.check_nonnegative("smooth_dr", smooth_dr)
     return _generalized_dice_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),

@@ -324,14 +324,12 @@ def cross_entropy(
         reduction=reduction,
         pixel_weights=pixel_weights,
     )
-    _checks.check_unit_interval("label_smoothing", label_smoothing)
     if pos_weight is not None:
         if activation != "sigmoid":
             raise ValueError(
                 f"`pos_weight` applies to activation='sigmoid' only; got activation={activation!r}."
             )
         _checks.check_per_class("pos_weight", pos_weight, jnp.shape(logits)[-1])
-        _checks.check_nonnegative("pos_weight", pos_weight)
     return _cross_entropy(
         jnp.asarray(logits),
         jnp.asarray(labels),
@@ -408,10 +406,8 @@ def focal_loss(
         reduction=reduction,
         pixel_weights=pixel_weights,
     )
-    _checks.check_nonnegative("gamma", gamma)
     if alpha is not None:
         _checks.check_per_class("alpha", alpha, jnp.shape(logits)[-1])
-        _checks.check_unit_interval("alpha", alpha)
     return _focal_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),

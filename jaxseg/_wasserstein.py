@@ -166,8 +166,6 @@ def generalized_wasserstein_dice_loss(
             f"column per class of `logits`; got shape {np.shape(distance_matrix)}."
         )
     _checks.check_nonnegative("distance_matrix", distance_matrix)
-    _checks.check_nonnegative("smooth_nr", smooth_nr)
-    _checks.check_nonnegative("smooth_dr", smooth_dr)
     return _generalized_wasserstein_dice_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),
