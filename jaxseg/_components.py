@@ -47,7 +47,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _checks, _sharding
+from jaxseg import _arguments, _sharding
 
 __all__ = ["Components", "connected_components"]
 
@@ -232,7 +232,7 @@ def _check_mask(mask: jax.Array) -> None:
         )
 
 
-@_checks.normalised
+@_arguments.normalised
 def connected_components(
     mask: ArrayLike, *, connectivity: int | None = None, max_components: int | None = None
 ) -> Components:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import jax
 
-from jaxseg import _checks
+from jaxseg import _arguments, _checks
 from jaxseg._combinators import combine, log_transform
 from jaxseg._overlap import dice_loss
 from jaxseg._pixel import cross_entropy, focal_loss
@@ -27,7 +27,7 @@ _DICE_FOCAL = combine(dice=dice_loss, focal=focal_loss)
 _BCE_LOG_DICE = combine(ce=cross_entropy, log_dice=log_transform(dice_loss))
 
 
-@_checks.normalised
+@_arguments.normalised
 def dice_ce(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -104,7 +104,7 @@ def dice_ce(
     )  # fmt: skip
 
 
-@_checks.normalised(alpha=_checks.number(low=0, high=1, per_class=True, optional=True))
+@_arguments.normalised(alpha=_arguments.number(low=0, high=1, per_class=True, optional=True))
 def dice_focal(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -180,7 +180,7 @@ def dice_focal(
     )  # fmt: skip
 
 
-@_checks.normalised
+@_arguments.normalised
 def bce_log_dice(
     logits: ArrayLike,
     labels: ArrayLike,

@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _distance, _metrics
+from jaxseg import _arguments, _checks, _distance, _metrics
 from jaxseg._stats import OverlapStats
 
 ArrayLike = jax.typing.ArrayLike
@@ -206,7 +206,7 @@ def _batch_scores(
     return scores if include_background else {k: v[:, 1:] for k, v in scores.items()}
 
 
-@_checks.normalised
+@_arguments.normalised
 def confusion_metrics(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -290,7 +290,7 @@ def confusion_metrics(
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def fbeta_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -368,7 +368,7 @@ def _generalized_dice_score(
     return jnp.where(denominator != 0, numerator / jnp.where(denominator != 0, denominator, 1), 1.0)
 
 
-@_checks.normalised
+@_arguments.normalised
 def generalized_dice_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -460,7 +460,7 @@ def _absolute_volume_difference(
     return difference if include_background else difference[:, 1:]
 
 
-@_checks.normalised
+@_arguments.normalised
 def absolute_volume_difference(
     predictions: ArrayLike,
     labels: ArrayLike,

@@ -23,7 +23,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _checks, _sharding
+from jaxseg import _arguments, _checks, _sharding
 
 __all__ = [
     "average_surface_distance",
@@ -169,7 +169,7 @@ def _distance_transform(mask: jax.Array, spacing: jax.Array) -> jax.Array:
     return jnp.sqrt(_squared_distance_transform(mask, spacing))
 
 
-@_checks.normalised
+@_arguments.normalised
 def euclidean_distance_transform(mask: ArrayLike, *, spacing: ArrayLike | None = None) -> jax.Array:
     r"""Exact Euclidean distance from every pixel to the nearest True pixel of ``mask``.
 
@@ -237,7 +237,7 @@ def _boundary(mask: jax.Array, ndim: int) -> jax.Array:
     return mask & ~interior
 
 
-@_checks.normalised
+@_arguments.normalised
 def boundary_mask(mask: ArrayLike) -> jax.Array:
     r"""The surface pixels of a mask: in the mask, with a face neighbour outside it.
 
@@ -408,7 +408,7 @@ def _hausdorff_distance(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
-@_checks.normalised
+@_arguments.normalised
 def hausdorff_distance(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -550,7 +550,7 @@ def _average_surface_distance(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
-@_checks.normalised
+@_arguments.normalised
 def average_surface_distance(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -655,7 +655,7 @@ def _surface_dice(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
-@_checks.normalised
+@_arguments.normalised
 def surface_dice(
     predictions: ArrayLike,
     labels: ArrayLike,

@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxseg import _checks, _reduce, _sharding, _stats
+from jaxseg import _arguments, _checks, _reduce, _sharding, _stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -270,7 +270,7 @@ def _lovasz_softmax(
     return _per_image_mean(image_loss, jnp.any(valid, axis=-1), "mean", axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised
 def lovasz_softmax_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -402,7 +402,7 @@ def _lovasz_hinge(logits, labels, where, *, per_image, ignore_index, reduction, 
     return _per_image_mean(losses, jnp.any(valid, axis=-1), "mean", axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised
 def lovasz_hinge_loss(
     logits: ArrayLike,
     labels: ArrayLike,

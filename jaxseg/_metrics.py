@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import _checks, _overlap, _sharding, _stats
+from jaxseg import _arguments, _checks, _overlap, _sharding, _stats
 from jaxseg._stats import OverlapStats
 
 ArrayLike = jax.typing.ArrayLike
@@ -57,8 +57,8 @@ def _class_maps(
     The int32 cast does not wrap: 64-bit values outside ``[0, num_classes)`` become -1
     (out of range) first, so the label ``2**32 + 1`` is not read as class 1.
     """
-    predictions = _checks.as_array("predictions", predictions)
-    labels = _checks.as_array("labels", labels)
+    predictions = _arguments.as_array("predictions", predictions)
+    labels = _arguments.as_array("labels", labels)
     _checks.check_class_maps(predictions, labels, ranks=(2, 3, 4))
     _checks.check_where(where, labels.shape)
     where = None if where is None else jnp.asarray(where)
@@ -72,7 +72,7 @@ def _class_maps(
 # ---------------------------------------------------------------------- class maps
 
 
-@_checks.normalised
+@_arguments.normalised
 def predictions_from_logits(
     logits: ArrayLike, *, activation: str | None = "softmax", threshold: float = 0.5
 ) -> jax.Array:
@@ -106,7 +106,7 @@ def predictions_from_logits(
       Array([[1, 0]], dtype=int32)
     """
     _checks.check_option("activation", activation, _checks.ACTIVATIONS)
-    logits = _checks.as_array("logits", logits)
+    logits = _arguments.as_array("logits", logits)
     chex.assert_type(
         logits,
         float,
@@ -148,7 +148,7 @@ def _confusion_matrix(predictions, labels, where, *, num_classes, ignore_index):
     return counts.reshape(num_classes, num_classes)
 
 
-@_checks.normalised
+@_arguments.normalised
 def confusion_matrix(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -250,7 +250,7 @@ def _call_scores(kind, predictions, labels, num_classes, **options) -> jax.Array
     return _scores(predictions, labels, where, kind=kind, num_classes=int(num_classes), **options)
 
 
-@_checks.normalised
+@_arguments.normalised
 def dice_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -338,7 +338,7 @@ def _per_component_scores(predictions, labels, num_classes, ignore_index, where,
     return _instances.per_component_dice(predictions, labels, ignore_empty=ignore_empty)
 
 
-@_checks.normalised
+@_arguments.normalised
 def iou_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -393,7 +393,7 @@ def _mean_over_samples_of_class_means(values: jax.Array) -> jax.Array:
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
 
-@_checks.normalised
+@_arguments.normalised
 def mean_dice(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -430,7 +430,7 @@ def mean_dice(
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def mean_iou(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -499,7 +499,7 @@ class MetricState(NamedTuple):
         return self.tp.shape[0]
 
 
-@_checks.normalised
+@_arguments.normalised
 def metric_state(num_classes: int) -> MetricState:
     """The empty state for ``num_classes`` classes (background included).
 
@@ -591,7 +591,7 @@ def _update(state, predictions, labels, where, *, ignore_index, axis_name):
     return _merge(state, _stats.psum(increment, axis_name))
 
 
-@_checks.normalised
+@_arguments.normalised
 def update(
     state: MetricState,
     predictions: ArrayLike,
@@ -663,7 +663,7 @@ def _compute(state, *, include_background, ignore_empty):
     return {**per_class, **means, "accuracy": accuracy}
 
 
-@_checks.normalised
+@_arguments.normalised
 def compute(
     state: MetricState,
     *,

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _reduce, _softmax, _stats
+from jaxseg import _arguments, _checks, _reduce, _softmax, _stats
 from jaxseg._stats import OverlapStats
 
 EMPTY_POLICIES = ("smooth", "exclude", "complement")
@@ -280,7 +280,7 @@ def _call(
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -376,7 +376,7 @@ def dice_loss(
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def iou_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -438,7 +438,7 @@ def iou_loss(
 jaccard_loss = iou_loss
 
 
-@_checks.normalised(alpha=_checks.NONNEGATIVE)
+@_arguments.normalised(alpha=_arguments.NONNEGATIVE)
 def tversky_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -574,7 +574,7 @@ def _generalized_dice_loss(
     return _reduce.weighted_reduce(loss, ones, reduction, None if batch else axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised
 def generalized_dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,

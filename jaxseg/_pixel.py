@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _reduce, _softmax
+from jaxseg import _arguments, _checks, _reduce, _softmax
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -249,7 +249,7 @@ def _array(x: Any) -> jax.Array | None:
     return None if x is None else jnp.asarray(x)
 
 
-@_checks.normalised
+@_arguments.normalised
 def cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -345,7 +345,7 @@ def cross_entropy(
     )
 
 
-@_checks.normalised(alpha=_checks.number(low=0, high=1, per_class=True, optional=True))
+@_arguments.normalised(alpha=_arguments.number(low=0, high=1, per_class=True, optional=True))
 def focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,

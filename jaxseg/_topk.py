@@ -21,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _pixel, _reduce, _stats
+from jaxseg import _arguments, _checks, _pixel, _reduce, _stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -130,7 +130,7 @@ def _topk_cross_entropy(
     return _reduce.safe_divide(total, count.astype(total.dtype))
 
 
-@_checks.normalised
+@_arguments.normalised
 def topk_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,

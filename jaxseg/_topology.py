@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxseg import _checks, _reduce
+from jaxseg import _arguments, _checks, _reduce
 from jaxseg._combinators import combine
 from jaxseg._overlap import dice_loss
 
@@ -154,7 +154,7 @@ def _cldice_loss(
     return _reduce.weighted_reduce(loss, jnp.ones((), loss.dtype), reduction, axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised
 def cldice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -245,7 +245,7 @@ def cldice_loss(
 _DICE_CLDICE = combine(dice=dice_loss, cldice=cldice_loss)
 
 
-@_checks.normalised(alpha=_checks.UNIT_INTERVAL)
+@_arguments.normalised(alpha=_arguments.UNIT_INTERVAL)
 def dice_cldice(
     logits: ArrayLike,
     labels: ArrayLike,

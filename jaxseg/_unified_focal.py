@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _overlap, _reduce, _stats
+from jaxseg import _arguments, _checks, _overlap, _reduce, _stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -84,7 +84,7 @@ def _asymmetric_unified_focal_loss(
     return _reduce.weighted_reduce(loss, jnp.ones_like(loss), reduction, axis_name)
 
 
-@_checks.normalised(gamma=_checks.UNIT_INTERVAL)
+@_arguments.normalised(gamma=_arguments.UNIT_INTERVAL)
 def asymmetric_unified_focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import _checks, _overlap, _reduce
+from jaxseg import _arguments, _checks, _overlap, _reduce
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -80,7 +80,7 @@ def _generalized_wasserstein_dice_loss(
     return _reduce.weighted_reduce(loss, jnp.ones_like(loss), reduction, axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised
 def generalized_wasserstein_dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,

@@ -12,7 +12,7 @@ import references as ref
 from jax.experimental import checkify
 
 import jaxseg
-from jaxseg import _checks
+from jaxseg import _arguments, _checks
 
 X = ref.random_logits(2, 3, seed=0)  # (2, 6, 7, 3)
 Y = ref.random_labels(2, 3, seed=1)  # (2, 6, 7)
@@ -234,7 +234,7 @@ RANGE_CASES = [
     "name, value, message", RANGE_CASES, ids=[f"{n}={v!r}" for n, v, _ in RANGE_CASES]
 )
 def test_number_rules_honour_both_bounds(name, value, message):
-    rule = _checks.RULES[name]
+    rule = _arguments.RULES[name]
     if message is None:
         np.testing.assert_array_equal(rule(name, value), value)
     else:
@@ -243,19 +243,19 @@ def test_number_rules_honour_both_bounds(name, value, message):
 
 
 def test_as_number_upper_bound_alone_and_no_bound():
-    assert _checks.as_number("x", 1.0, high=1) == 1.0
-    assert _checks.as_number("x", -5, high=1) == -5
+    assert _arguments.as_number("x", 1.0, high=1) == 1.0
+    assert _arguments.as_number("x", -5, high=1) == -5
     with pytest.raises(ValueError, match=r"^`x` must be <= 1; got 2\.0\.$"):
-        _checks.as_number("x", 2.0, high=1)
+        _arguments.as_number("x", 2.0, high=1)
     with pytest.raises(ValueError, match=r"^`x` must be finite and <= 1; got inf\.$"):
-        _checks.as_number("x", np.inf, high=1)
-    assert _checks.as_number("x", -1e30) == -1e30
+        _arguments.as_number("x", np.inf, high=1)
+    assert _arguments.as_number("x", -1e30) == -1e30
     with pytest.raises(ValueError, match=r"^`x` must be finite; got nan\.$"):
-        _checks.as_number("x", np.nan)
+        _arguments.as_number("x", np.nan)
     # The upper bound is closed, with an open lower bound too.
-    assert _checks.as_number("x", 2.0, low=1, high=2, low_open=True) == 2.0
+    assert _arguments.as_number("x", 2.0, low=1, high=2, low_open=True) == 2.0
     with pytest.raises(ValueError, match=r"^`x` must lie in \(1, 2\]; got 1\.0\.$"):
-        _checks.as_number("x", 1.0, low=1, high=2, low_open=True)
+        _arguments.as_number("x", 1.0, low=1, high=2, low_open=True)
 
 
 def test_topk_k_of_zero_is_rejected_and_the_smallest_positive_accepted():
