@@ -21,6 +21,7 @@ Conventions, shared by every function of this module:
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import chex
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import _arguments, _checks, _overlap, _sharding, _stats
+from jaxseg import _arguments, _checks, _confusion_formulas, _instances, _overlap, _sharding, _stats
 from jaxseg._stats import OverlapStats
 
 ArrayLike = jax.typing.ArrayLike
@@ -324,8 +325,6 @@ def dice_score(
 
 
 def _per_component_scores(predictions, labels, num_classes, ignore_index, where, ignore_empty):
-    from jaxseg import _instances  # the instance metrics build on this module's checks
-
     if num_classes != 2:
         raise ValueError(
             "`per_component=True` scores binary maps (MONAI needs 2 channels): "
@@ -663,6 +662,23 @@ def _compute(state, *, include_background, ignore_empty):
     return {**per_class, **means, "accuracy": accuracy}
 
 
+@functools.partial(jax.jit, static_argnames=("names", "include_background"))
+def _state_scores(state, beta, *, names, include_background):
+    tp, fp, fn, tn = (_words_to_float(getattr(state, name)) for name in _COUNTS)
+    scores = _confusion_formulas.scores_of_counts(tp, fp, tn, fn, names, beta)
+    return scores if include_background else {k: v[1:] for k, v in scores.items()}
+
+
+def _family_scores(
+    state: MetricState, metrics: str | Sequence[str], *, include_background: bool, beta: Any
+) -> dict[str, jax.Array]:
+    """``compute(state, metrics=...)``: the named metrics of the state's global counts."""
+    names = _confusion_formulas.metric_names(metrics)
+    return _state_scores(
+        state, jnp.asarray(beta, jnp.float32), names=names, include_background=include_background
+    )
+
+
 @_arguments.normalised
 def compute(
     state: MetricState,
@@ -720,15 +736,13 @@ def compute(
     _check_state(state)
     if not include_background and state.num_classes < 2:
         raise ValueError("`include_background=False` needs a state of at least 2 classes.")
-    # The confusion family builds on this module: imported here, not at the top.
-    from jaxseg import _confusion
-
     if metrics is not None:
-        return _confusion.state_scores(
-            state, metrics, include_background=include_background, beta=beta
-        )
-    family = _confusion.state_scores(
-        state, _confusion.STATE_DEFAULTS, include_background=include_background, beta=beta
+        return _family_scores(state, metrics, include_background=include_background, beta=beta)
+    family = _family_scores(
+        state,
+        _confusion_formulas.STATE_DEFAULTS,
+        include_background=include_background,
+        beta=beta,
     )
     result = _compute(state, include_background=include_background, ignore_empty=ignore_empty)
     return {**family, **result}
