@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxseg import _checks, _distance, _reduce, _stats
+from jaxseg import _arguments, _checks, _distance, _reduce, _stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -203,7 +203,7 @@ def _boundary_loss(
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def boundary_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -353,7 +353,7 @@ def _hausdorff_dt_loss(
     return jnp.log1p(value) if log else value
 
 
-@_checks.normalised
+@_arguments.normalised
 def hausdorff_dt_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -430,7 +430,6 @@ def hausdorff_dt_loss(
         class_weights=class_weights,
         reduction=reduction,
     )
-    _checks.check_nonnegative("alpha", alpha)
     if np.shape(alpha) != ():
         raise ValueError(f"`alpha` must be a scalar; got shape {np.shape(alpha)}.")
     return _hausdorff_dt_loss(

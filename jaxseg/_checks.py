@@ -1,24 +1,23 @@
-"""Validation and normalisation of inputs: the bottom layer under every loss and metric.
+"""Checks of inputs: shapes, ranks, dtypes, label values, and the checked mode.
 
-Three parts:
+Arguments reach these checks already normalised by :func:`jaxseg._arguments.normalised`
+(arrays converted, option types and ranges checked by name). Two parts here:
 
-- :func:`normalised`, the one input-normalisation step of every public entry point: a
-  decorator that turns array arguments given as Python lists, tuples, scalars or NumPy
-  arrays into JAX arrays once, and checks the type and range of every option by its
-  name (:data:`RULES`), with an error that names the argument.
 - Trace-time checks of shapes, ranks and dtypes, written as chex assertions
   (``exception_type=ValueError`` and a message that names the argument, the shape it
   got and the shape expected); they cost nothing under ``jit``.
 - Value problems that only exist at run time (labels out of range, non-finite logits)
   cannot raise inside ``jit``; :func:`validate_values` expresses them as ``checkify``
   checks for the checked mode (:func:`checked`).
+
+Also the validity mask of the pixels that count, label helpers, and the bfloat16
+widening of the fused paths.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import chex
@@ -28,368 +27,14 @@ import numpy as np
 from jax.custom_derivatives import linear_call
 from jax.experimental import checkify
 
+from jaxseg import _arguments
+
 ACTIVATIONS = ("softmax", "sigmoid", None)
 REDUCTIONS = ("mean", "sum", "none")
 
 
-class ArgumentTypeError(TypeError, ValueError):
-    """An argument of the wrong type (a string for a number, a float for an int, ...).
-
-    Both a ``TypeError`` and a ``ValueError``: code that catches either keeps working.
-    """
-
-
 def _shape(x: Any) -> tuple[int, ...]:
     return tuple(np.shape(x))
-
-
-def _is_tracer(x: Any) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def _show(value: Any) -> str:
-    """A short description of ``value`` for a message: its repr when small, else a summary."""
-    if isinstance(value, (list, tuple)) and _count_leaves(value, 17) > 16:
-        return f"a {type(value).__name__} of shape {np.shape(value)}"
-    if isinstance(value, (np.ndarray, jax.Array)) and not _is_tracer(value) and value.size > 16:
-        arr = np.asarray(value, dtype=np.float64)
-        return f"an array of shape {arr.shape} with entries in [{arr.min()}, {arr.max()}]"
-    return repr(value)
-
-
-def _count_leaves(value: Any, limit: int) -> int:
-    """The number of scalars in a nested list, counting up to ``limit``."""
-    count = 0
-    stack = [value]
-    while stack and count < limit:
-        item = stack.pop()
-        if isinstance(item, (list, tuple)):
-            stack.extend(item)
-        else:
-            count += 1
-    return count
-
-
-# --------------------------------------------------------------------------------------
-# The normaliser: arrays once, options by name.
-
-
-def as_array(name: str, value: Any) -> jax.Array:
-    """``value`` as a JAX array, or an error naming ``name`` (never the whole value).
-
-    JAX arrays (and tracers) pass unchanged; NumPy arrays and scalars, Python scalars,
-    and (nested) lists and tuples of numbers or arrays are converted with
-    ``jnp.asarray``. Anything else (None, strings, ragged or non-numeric lists) raises
-    :class:`ArgumentTypeError`.
-    """
-    if isinstance(value, jax.Array):
-        return value
-    if isinstance(value, np.ndarray) and not (
-        np.issubdtype(value.dtype, np.number) or value.dtype == np.bool_
-    ):
-        raise ArgumentTypeError(f"`{name}` must hold numbers; got dtype {value.dtype}.")
-    if value is None or isinstance(value, (str, bytes, Mapping)):
-        raise ArgumentTypeError(
-            f"`{name}` must be an array (or a nested list of numbers); got "
-            f"{type(value).__name__}{'' if value is None else ' ' + _show(value)}."
-        )
-    try:
-        array = jnp.asarray(value)
-    except (TypeError, ValueError, OverflowError):
-        what = type(value).__name__
-        raise ArgumentTypeError(
-            f"`{name}` must be an array, or a nested list of numbers of one rectangular "
-            f"shape; got a {what} that cannot be converted (ragged, or with entries that "
-            "are not numbers)."
-        ) from None
-    if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
-        raise ArgumentTypeError(f"`{name}` must hold numbers; got dtype {array.dtype}.")
-    return array
-
-
-def as_optional_array(name: str, value: Any) -> jax.Array | None:
-    """:func:`as_array`, with None kept as None."""
-    return None if value is None else as_array(name, value)
-
-
-def as_array_or_arrays(name: str, value: Any) -> Any:
-    """One array, or a list/tuple of arrays (the outputs of several scales) as a tuple.
-
-    A list or tuple whose entries are all arrays (JAX or NumPy) is kept as a tuple of
-    arrays, each converted; anything else is converted as one array.
-    """
-    if (
-        isinstance(value, (list, tuple))
-        and value
-        and all(isinstance(v, (jax.Array, np.ndarray)) for v in value)
-    ):
-        return tuple(as_array(f"{name}[{i}]", v) for i, v in enumerate(value))
-    return as_array(name, value)
-
-
-def as_scales(name: str, value: Any) -> tuple[jax.Array, ...]:
-    """A list or tuple of arrays, one per output scale, each converted by :func:`as_array`."""
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(
-            f"`{name}` must be a non-empty list or tuple of arrays, one per output scale, "
-            f"the first at full resolution; got {type(value).__name__}."
-        )
-    return tuple(as_array(f"{name}[{i}]", v) for i, v in enumerate(value))
-
-
-def as_int(name: str, value: Any, *, optional: bool = False) -> int | None:
-    """A Python int (NumPy integers accepted); bools and floats raise."""
-    if value is None and optional:
-        return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ArgumentTypeError(
-            f"`{name}` must be an int{' or None' if optional else ''}; got "
-            f"{type(value).__name__} {value!r}."
-        )
-    return int(value)
-
-
-def as_bool(name: str, value: Any) -> bool:
-    """A Python bool (NumPy bools accepted); anything else raises."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ArgumentTypeError(
-            f"`{name}` must be a bool (True or False); got {type(value).__name__} {value!r}."
-        )
-    return bool(value)
-
-
-def as_number(
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    per_class: bool = False,
-    optional: bool = False,
-) -> Any:
-    """A real number option, checked: type, shape, finiteness and range.
-
-    Python numbers are kept as they are (a ``jit`` argument traces them); NumPy values,
-    lists and tuples become arrays. Strings, bools, None (unless ``optional``) and
-    non-numeric arrays raise :class:`ArgumentTypeError`; a shape other than a scalar
-    (or, with ``per_class``, any shape: the caller checks it against the class count),
-    a non-finite entry or an entry outside the range raise ``ValueError``. Traced values
-    are checked for type and shape only.
-    """
-    if value is None:
-        if optional:
-            return None
-        raise ArgumentTypeError(f"`{name}` must be a number; got None.")
-    original = value
-    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
-        raise ArgumentTypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.")
-    if not isinstance(value, (int, float, np.integer, np.floating)):
-        if not isinstance(value, (jax.Array, np.ndarray)):
-            try:
-                value = np.asarray(value)
-            except (TypeError, ValueError):
-                value = np.asarray(None, dtype=object)
-        dtype = value.dtype
-        if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
-            raise ArgumentTypeError(
-                f"`{name}` must be a real number or an array of real numbers; got "
-                f"{type(value).__name__ if dtype == np.dtype(object) else f'dtype {dtype}'}."
-            )
-        if not per_class and np.ndim(value) != 0:
-            raise ValueError(f"`{name}` must be a scalar; got shape {np.shape(value)}.")
-    if _is_tracer(value):
-        return value
-    arr = np.asarray(value, dtype=np.float64)
-    if low is not None and high is not None:
-        wanted, ok = f"lie in [{low:g}, {high:g}]", (arr >= low) & (arr <= high)
-    elif low is not None:
-        wanted = f"be {'>' if low_open else '>='} {low:g}"
-        ok = arr > low if low_open else arr >= low
-    else:
-        wanted, ok = "be finite", np.isfinite(arr)
-    if not np.all(np.isfinite(arr)):
-        wanted = wanted.removeprefix("be ")
-        raise ValueError(f"`{name}` must be finite and {wanted}; got {_show(original)}.")
-    if not np.all(ok):
-        raise ValueError(f"`{name}` must {wanted}; got {_show(original)}.")
-    return value
-
-
-Rule = Callable[[str, Any], Any]
-
-
-def number(**bounds: Any) -> Rule:
-    """A rule for a real-number option: :func:`as_number` with these ``bounds``."""
-    return lambda name, value: as_number(name, value, **bounds)
-
-
-def _optional_int(name: str, value: Any) -> int | None:
-    return as_int(name, value, optional=True)
-
-
-def _num_classes(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ArgumentTypeError(f"`{name}` must be a Python int; got {value!r}.")
-    return int(value)
-
-
-def _scales_or_array(name: str, value: Any) -> Any:
-    return as_array_or_arrays(name, value)
-
-
-def count(*, optional: bool = False, low: int = 0) -> Rule:
-    """A rule for an integer option (a count or a size) that must be ``>= low``."""
-
-    def rule(name: str, value: Any) -> int | None:
-        value = as_int(name, value, optional=optional)
-        if value is not None and value < low:
-            raise ValueError(f"`{name}` must be an int >= {low}; got {value!r}.")
-        return value
-
-    return rule
-
-
-NONNEGATIVE = number(low=0)
-NONNEGATIVE_PER_CLASS = number(low=0, per_class=True, optional=True)
-UNIT_INTERVAL = number(low=0, high=1)
-
-#: The rule of each argument name, applied by :func:`normalised` to the arguments a
-#: caller passes (defaults are trusted). A rule maps ``(name, value)`` to the normalised
-#: value or raises an error naming the argument. Names absent here pass unchanged
-#: (their values are checked by the function, e.g. ``check_option`` for strings).
-RULES: dict[str, Rule] = {
-    # Arrays.
-    "logits": as_array,
-    "labels": as_array,
-    "predictions": as_array,
-    "mask": as_array,
-    "where": as_optional_array,
-    "pixel_weights": as_optional_array,
-    "distance_matrix": as_array,
-    "predicted_instances": as_array,
-    "label_instances": as_array,
-    "class_weights": NONNEGATIVE_PER_CLASS,
-    "pos_weight": NONNEGATIVE_PER_CLASS,
-    # Real-number options (traced: never recompilation keys).
-    "smooth_nr": NONNEGATIVE,
-    "smooth_dr": NONNEGATIVE,
-    "alpha": number(low=0, per_class=True, optional=True),
-    "beta": NONNEGATIVE,
-    "gamma": NONNEGATIVE,
-    "label_smoothing": UNIT_INTERVAL,
-    "eps": number(low=0, low_open=True),
-    "threshold": UNIT_INTERVAL,
-    "percentile": number(low=0, high=100, optional=True),
-    "tolerance": number(low=0, per_class=True),
-    "spacing": number(low=0, low_open=True, per_class=True, optional=True),
-    "k": number(low=0, high=100, low_open=True),
-    "weight": UNIT_INTERVAL,
-    "delta": UNIT_INTERVAL,
-    "epsilon": number(low=0, high=0.5),
-    "smooth_harmonic": NONNEGATIVE,
-    "smooth_numerator": NONNEGATIVE,
-    "match_iou_threshold": UNIT_INTERVAL,
-    "min_size": NONNEGATIVE,
-    "missing_hd95": NONNEGATIVE,
-    # Static options.
-    "ignore_index": _optional_int,
-    "num_classes": _num_classes,
-    "iterations": count(),
-    "dilation": count(),
-    "connectivity": count(optional=True, low=1),
-    "max_components": count(optional=True, low=1),
-    "max_lesions": count(low=1),
-    "include_background": as_bool,
-    "batch": as_bool,
-    "squared": as_bool,
-    "soft_label": as_bool,
-    "per_image": as_bool,
-    "directed": as_bool,
-    "ignore_empty": as_bool,
-    "return_components": as_bool,
-    "symmetric": as_bool,
-    "log": as_bool,
-}
-#: Rules for every argument whose name starts with a prefix (the compound losses' term
-#: weights ``lambda_dice``, ``lambda_ce``, ...).
-PREFIX_RULES: dict[str, Rule] = {"lambda_": NONNEGATIVE}
-
-
-def rule_for(name: str) -> Rule | None:
-    """The rule of an argument name (:data:`RULES`, then :data:`PREFIX_RULES`), or None."""
-    if name in RULES:
-        return RULES[name]
-    for prefix, rule in PREFIX_RULES.items():
-        if name.startswith(prefix):
-            return rule
-    return None
-
-
-def normalise_arguments(
-    arguments: Mapping[str, Any], rules: Mapping[str, Rule | None] | None = None
-) -> dict[str, Any]:
-    """Applies the rule of each name in ``arguments`` (``rules`` first, then :data:`RULES`).
-
-    Returns a new dict; names without a rule keep their value. A rule given as None in
-    ``rules`` switches the default rule of that name off.
-    """
-    rules = rules or {}
-    out = {}
-    for name, value in arguments.items():
-        rule = rules[name] if name in rules else rule_for(name)
-        out[name] = value if rule is None else rule(name, value)
-    return out
-
-
-def normalised(fn: Callable | None = None, /, **rules: Rule | None) -> Callable:
-    """Decorator: the one input-normalisation step of a public entry point.
-
-    ``@normalised`` (or ``@normalised(name=rule, ...)`` to override or, with None,
-    switch off the rule of some names) wraps ``fn`` so that each call:
-
-    1. binds the arguments to ``fn``'s signature (a wrong call raises the usual
-       ``TypeError``);
-    2. applies to every argument the caller passed (defaults are trusted), including the
-       entries of a ``**options`` parameter, the rule of its name: ``rules`` given here,
-       else :data:`RULES` / :data:`PREFIX_RULES`. Array arguments (``logits``,
-       ``labels``, ``predictions``, ``mask``, ``where``) become JAX arrays once (lists,
-       tuples, NumPy arrays and scalars), with an error naming the argument when they
-       cannot; number options are checked for type (numbers, not strings or bools),
-       shape (scalars unless per class), finiteness and range; ints (``ignore_index``,
-       ``num_classes``) and bools are checked for type (a bool is not an int);
-    3. calls ``fn`` with the normalised arguments.
-
-    Shapes and dtypes are then checked by ``fn`` itself (chex assertions such as
-    :func:`check_logits_labels`). The wrapper keeps ``fn``'s name, docstring and
-    signature (``inspect.signature`` follows ``__wrapped__``), so option routing by
-    signature (:mod:`jaxseg._combinators`) and the checked mode see ``fn``'s options.
-
-    To apply it to a new public function: put ``@_checks.normalised`` above its
-    ``def``; name its arguments as the library does (``logits``, ``labels``, ``where``,
-    ``class_weights``, ``smooth_nr``, ...) and they get the library's rules; add a rule
-    to :data:`RULES` for a new option name, or pass one here, e.g.
-    ``@_checks.normalised(alpha=_checks.number(low=0, high=1, per_class=True,
-    optional=True))``.
-    """
-    if fn is None:
-        return functools.partial(normalised, **rules)
-    signature = inspect.signature(fn)
-    var_keyword = next(
-        (p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None
-    )
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        arguments = bound.arguments
-        extra = arguments.pop(var_keyword, None) if var_keyword else None
-        arguments.update(normalise_arguments(arguments, rules))
-        if extra:
-            arguments[var_keyword] = normalise_arguments(extra, rules)
-        return fn(*bound.args, **bound.kwargs)
-
-    return wrapper
 
 
 # --------------------------------------------------------------------------------------
@@ -408,7 +53,9 @@ def check_option(name: str, value: Any, allowed: Sequence[Any]) -> None:
     except TypeError:  # an unhashable value compared with a tuple of strings
         ok = False
     if not ok or isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be one of {tuple(allowed)!r}; got {_show(value)}.")
+        raise ValueError(
+            f"`{name}` must be one of {tuple(allowed)!r}; got {_arguments.show(value)}."
+        )
 
 
 def check_nonnegative(name: str, value: Any) -> None:
@@ -416,20 +63,11 @@ def check_nonnegative(name: str, value: Any) -> None:
 
     Traced values cannot be inspected and are accepted as they are.
     """
-    if value is None or _is_tracer(value):
+    if value is None or _arguments.is_tracer(value):
         return
     arr = np.asarray(value, dtype=np.float64)
     if np.any(np.isnan(arr)) or np.any(arr < 0):
-        raise ValueError(f"`{name}` must be >= 0; got {_show(value)}.")
-
-
-def check_unit_interval(name: str, value: Any) -> None:
-    """Raises if a concrete ``value`` lies outside [0, 1]."""
-    if value is None or _is_tracer(value):
-        return
-    arr = np.asarray(value, dtype=np.float64)
-    if np.any(np.isnan(arr)) or np.any(arr < 0) or np.any(arr > 1):
-        raise ValueError(f"`{name}` must lie in [0, 1]; got {_show(value)}.")
+        raise ValueError(f"`{name}` must be >= 0; got {_arguments.show(value)}.")
 
 
 def is_integer_labels(labels: Any) -> bool:
@@ -468,7 +106,10 @@ def check_num_classes(num_classes: Any, include_background: bool = True) -> None
 
 
 def check_class_weights(class_weights: Any, num_classes: int) -> None:
-    """Raises unless ``class_weights`` is None or a non-negative ``(num_classes,)`` vector."""
+    """Raises unless ``class_weights`` is None or a ``(num_classes,)`` vector.
+
+    Its values (finite, >= 0) are checked by the ``class_weights`` rule of :func:`normalised`.
+    """
     if class_weights is None:
         return
     _assert(
@@ -478,7 +119,6 @@ def check_class_weights(class_weights: Any, num_classes: int) -> None:
         message=f"`class_weights` must have shape ({num_classes},), one weight per class "
         f"(background included); got shape {_shape(class_weights)}.",
     )
-    check_nonnegative("class_weights", class_weights)
 
 
 def check_logits_labels(
@@ -499,8 +139,8 @@ def check_logits_labels(
       where: ``None`` or a boolean ``(batch, *spatial)`` array.
     """
     check_option("activation", activation, ACTIVATIONS)
-    logits = as_array("logits", logits)
-    labels = as_array("labels", labels)
+    logits = _arguments.as_array("logits", logits)
+    labels = _arguments.as_array("labels", labels)
     shape = logits.shape
     _assert(
         chex.assert_type,
@@ -553,11 +193,6 @@ def check_logits_labels(
             )
     else:
         raise ValueError(f"`labels` must be integer or floating; got dtype {labels.dtype}.")
-    if ignore_index is not None and (
-        not isinstance(ignore_index, (int, np.integer))
-        or isinstance(ignore_index, (bool, np.bool_))
-    ):
-        raise ValueError(f"`ignore_index` must be an int or None; got {ignore_index!r}.")
     check_where(where, shape[:-1])
 
 
@@ -583,7 +218,7 @@ def check_where(where: Any, expected: tuple[int, ...]) -> None:
     """Raises unless ``where`` is None or a boolean array of shape ``expected``."""
     if where is None:
         return
-    where = as_array("where", where)
+    where = _arguments.as_array("where", where)
     _assert(
         chex.assert_type,
         where,
@@ -849,9 +484,9 @@ def validate_values(
     tuple of arrays (the outputs of :func:`jaxseg.deep_supervision`): each is checked,
     and the label range is the first one's.
     """
-    scales = as_array_or_arrays("logits", logits)
+    scales = _arguments.as_array_or_arrays("logits", logits)
     scales = scales if isinstance(scales, tuple) else (scales,)
-    labels = as_array("labels", labels)
+    labels = _arguments.as_array("labels", labels)
     for i, x in enumerate(scales):
         name = "logits" if len(scales) == 1 else f"logits[{i}]"
         checkify.check(
@@ -889,8 +524,10 @@ def validate_class_maps(
     excludes the others); predictions must lie in ``[0, num_classes)`` (plain mode
     counts the others as a miss).
     """
-    _check_labels_in_range(as_array("labels", labels), num_classes, ignore_index)
-    _check_labels_in_range(as_array("predictions", predictions), num_classes, None, "predictions")
+    _check_labels_in_range(_arguments.as_array("labels", labels), num_classes, ignore_index)
+    _check_labels_in_range(
+        _arguments.as_array("predictions", predictions), num_classes, None, "predictions"
+    )
 
 
 def _default_option(fn: Any, name: str, fallback: Any) -> Any:
@@ -949,9 +586,9 @@ def _value_checks(fn: Any, args: tuple, kwargs: dict) -> Callable[[dict], None] 
         return check
     if "logits" in arguments:
         return lambda a: checkify.check(
-            jnp.all(jnp.isfinite(as_array("logits", a["logits"]))),
+            jnp.all(jnp.isfinite(_arguments.as_array("logits", a["logits"]))),
             "`logits` has {n} non-finite entries (NaN or inf).",
-            n=jnp.sum(~jnp.isfinite(as_array("logits", a["logits"]))),
+            n=jnp.sum(~jnp.isfinite(_arguments.as_array("logits", a["logits"]))),
         )
     return None
 

@@ -20,7 +20,7 @@ The returned functions compile their whole body as one ``jax.jit`` program (term
 the activation and fuse): array-valued and float options are traced (a new smoothing or
 weight does not recompile), every other option (strings, ints, bools, None, tuples) is
 static and part of the compilation key. Inputs and options are normalised first
-(:func:`jaxseg._checks.normalised`): lists become arrays, option types and ranges are
+(:func:`jaxseg._arguments.normalised`): lists become arrays, option types and ranges are
 checked by name, and term weights must be finite numbers >= 0.
 """
 
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import _checks
+from jaxseg import _arguments, _checks
 
 ArrayLike = jax.typing.ArrayLike
 Loss = Callable[..., Any]
@@ -212,7 +212,7 @@ class CombinedLoss:
         total = sum(w * values[name] for w, name in zip(weights, self.names, strict=True))
         return total, values
 
-    @functools.partial(_checks.normalised, logits=_checks.as_array_or_arrays)
+    @functools.partial(_arguments.normalised, logits=_arguments.as_array_or_arrays)
     def evaluate(
         self,
         logits: Any,
@@ -240,7 +240,7 @@ def _check_weights(weights: Any, names: Sequence[str]) -> tuple[Any, ...]:
     """One weight per term, each a finite number >= 0 (a scalar; traced values allowed)."""
     if isinstance(weights, (str, bytes)) or not isinstance(weights, (Sequence, np.ndarray)):
         if not isinstance(weights, jax.Array) or jnp.ndim(weights) != 1:
-            raise _checks.ArgumentTypeError(
+            raise _arguments.ArgumentTypeError(
                 f"`weights` must be a sequence of numbers, one per term {tuple(names)}, or a "
                 f"mapping from names to numbers; got {type(weights).__name__}."
             )
@@ -251,7 +251,7 @@ def _check_weights(weights: Any, names: Sequence[str]) -> tuple[Any, ...]:
             f"{len(weights)}."
         )
     return tuple(
-        _checks.as_number(f"weights[{name!r}]", w, low=0)
+        _arguments.as_number(f"weights[{name!r}]", w, low=0)
         for name, w in zip(names, weights, strict=True)
     )
 
@@ -361,7 +361,7 @@ def log_transform(loss: Loss, *, eps: float = 1e-7) -> Loss:
       >>> bool(log_dice(logits, labels) > jaxseg.dice_loss(logits, labels))
       True
     """
-    eps = _checks.as_number("eps", eps, low=0, low_open=True)
+    eps = _arguments.as_number("eps", eps, low=0, low_open=True)
     if not callable(loss):
         raise TypeError(f"`loss` must be callable; got {type(loss).__name__}.")
 
@@ -373,7 +373,7 @@ def log_transform(loss: Loss, *, eps: float = 1e-7) -> Loss:
     accepted = accepted_options(loss)
     name = f"log_{loss_name(loss)}"
 
-    @functools.partial(_checks.normalised, logits=_checks.as_array_or_arrays)
+    @functools.partial(_arguments.normalised, logits=_arguments.as_array_or_arrays)
     def transformed(logits: Any, labels: ArrayLike, **options: Any) -> jax.Array:
         _check_options(options, accepted, name)
         return jitted(logits, labels, **options)
@@ -515,7 +515,9 @@ def deep_supervision(loss: Loss, weights: Sequence[ArrayLike] | str | None = Non
     if isinstance(weights, str) or weights is None:
         deep_supervision_weights(1, weights)  # validates the string now
     else:
-        weights = tuple(_checks.as_number(f"weights[{i}]", w, low=0) for i, w in enumerate(weights))
+        weights = tuple(
+            _arguments.as_number(f"weights[{i}]", w, low=0) for i, w in enumerate(weights)
+        )
     if not callable(loss):
         raise TypeError(f"`loss` must be callable; got {type(loss).__name__}.")
     accepted = accepted_options(loss)
@@ -546,7 +548,7 @@ def deep_supervision(loss: Loss, weights: Sequence[ArrayLike] | str | None = Non
 
     jitted = _OptionJit(body)
 
-    @functools.partial(_checks.normalised, logits=_checks.as_scales)
+    @functools.partial(_arguments.normalised, logits=_arguments.as_scales)
     def supervised(
         logits: Sequence[ArrayLike],
         labels: ArrayLike,
@@ -589,7 +591,7 @@ def with_components(loss: Loss) -> Callable[..., tuple[jax.Array, dict[str, jax.
       >>> sorted(parts)
       ['ce', 'dice']
     """
-    normalise = functools.partial(_checks.normalised, logits=_checks.as_array_or_arrays)
+    normalise = functools.partial(_arguments.normalised, logits=_arguments.as_array_or_arrays)
     if supports_components(loss):
 
         @normalise

@@ -47,7 +47,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _checks, _sharding
+from jaxseg import _arguments, _sharding
 
 __all__ = ["Components", "connected_components"]
 
@@ -232,7 +232,7 @@ def _check_mask(mask: jax.Array) -> None:
         )
 
 
-@_checks.normalised
+@_arguments.normalised
 def connected_components(
     mask: ArrayLike, *, connectivity: int | None = None, max_components: int | None = None
 ) -> Components:
@@ -299,14 +299,6 @@ def connected_components(
     (mask,) = _sharding.replicated(jnp.asarray(mask))
     _check_mask(mask)
     connectivity = check_connectivity(connectivity, mask.ndim - 1)
-    if max_components is not None and (
-        isinstance(max_components, bool)
-        or not isinstance(max_components, (int, np.integer))
-        or max_components < 1
-    ):
-        raise ValueError(
-            f"`max_components` must be a positive int or None; got {max_components!r}."
-        )
     components, _ = _connected_components(
         mask,
         connectivity=connectivity,

@@ -11,11 +11,9 @@ always covers every class. ``activation``, ``class_weights``, ``ignore_index``,
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 
-from jaxseg import _checks
+from jaxseg import _arguments, _checks
 from jaxseg._combinators import combine, log_transform
 from jaxseg._overlap import dice_loss
 from jaxseg._pixel import cross_entropy, focal_loss
@@ -29,12 +27,7 @@ _DICE_FOCAL = combine(dice=dice_loss, focal=focal_loss)
 _BCE_LOG_DICE = combine(ce=cross_entropy, log_dice=log_transform(dice_loss))
 
 
-def _check_lambdas(**lambdas: Any) -> None:
-    for name, value in lambdas.items():
-        _checks.check_nonnegative(name, value)
-
-
-@_checks.normalised
+@_arguments.normalised
 def dice_ce(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -100,7 +93,6 @@ def dice_ce(
       Isensee, Jaeger, Kohl, Petersen, Maier-Hein. nnU-Net: a self-configuring method
       for deep learning-based biomedical image segmentation. Nature Methods 2021.
     """
-    _check_lambdas(lambda_dice=lambda_dice, lambda_ce=lambda_ce)
     _checks.check_nonnegative("pixel_weights", pixel_weights)
     return _DICE_CE.evaluate(
         logits, labels, (lambda_dice, lambda_ce), return_components=return_components,
@@ -112,7 +104,7 @@ def dice_ce(
     )  # fmt: skip
 
 
-@_checks.normalised(alpha=_checks.number(low=0, high=1, per_class=True, optional=True))
+@_arguments.normalised(alpha=_arguments.number(low=0, high=1, per_class=True, optional=True))
 def dice_focal(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -177,7 +169,6 @@ def dice_focal(
       Lin, Goyal, Girshick, He, Dollar. Focal Loss for Dense Object Detection. ICCV
       2017.
     """
-    _check_lambdas(lambda_dice=lambda_dice, lambda_focal=lambda_focal)
     _checks.check_nonnegative("pixel_weights", pixel_weights)
     return _DICE_FOCAL.evaluate(
         logits, labels, (lambda_dice, lambda_focal), return_components=return_components,
@@ -189,7 +180,7 @@ def dice_focal(
     )  # fmt: skip
 
 
-@_checks.normalised
+@_arguments.normalised
 def bce_log_dice(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -243,7 +234,6 @@ def bce_log_dice(
     References:
       Milletari, Navab, Ahmadi. V-Net. 3DV 2016.
     """
-    _check_lambdas(lambda_ce=lambda_ce, lambda_dice=lambda_dice)
     return _BCE_LOG_DICE.evaluate(
         logits, labels, (lambda_ce, lambda_dice), return_components=return_components,
         activation="sigmoid", smooth_nr=smooth_nr, smooth_dr=smooth_dr,

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _overlap
+from jaxseg import _arguments, _overlap
 from jaxseg._stats import OverlapStats
 
 AxisName = str | tuple[str, ...] | None
@@ -47,7 +47,7 @@ def _mcc_loss_score(stats, *, smooth_nr, smooth_dr):
     return jnp.where(perfect, 0, 1 - mcc_score(stats, smooth_nr, smooth_dr))
 
 
-@_checks.normalised
+@_arguments.normalised
 def mcc_loss(
     logits: ArrayLike,
     labels: ArrayLike,

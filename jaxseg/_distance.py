@@ -15,7 +15,6 @@ MONAI's NaN/inf/0 conventions at the output; they never produce a NaN by acciden
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import chex
 import jax
@@ -24,7 +23,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _checks, _sharding
+from jaxseg import _arguments, _checks, _sharding
 
 __all__ = [
     "average_surface_distance",
@@ -53,17 +52,6 @@ def _check_mask(mask: jax.Array, name: str) -> None:
     )
 
 
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _check_positive_finite(name: str, value: Any) -> None:
-    if _is_concrete(value):
-        arr = np.asarray(value, dtype=np.float64)
-        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-            raise ValueError(f"`{name}` must be finite and > 0; got {value!r}.")
-
-
 def _spacing_vector(spacing: ArrayLike | None, ndim: int) -> jax.Array:
     """``spacing`` (None, a scalar or ``(ndim,)``) as a float32 ``(ndim,)`` array."""
     if spacing is None:
@@ -74,7 +62,6 @@ def _spacing_vector(spacing: ArrayLike | None, ndim: int) -> jax.Array:
             f"`spacing` must be a scalar or have shape ({ndim},), one entry per spatial "
             f"axis; got shape {shape}."
         )
-    _check_positive_finite("spacing", spacing)
     return jnp.broadcast_to(jnp.asarray(spacing, jnp.float32), (ndim,))
 
 
@@ -110,7 +97,6 @@ def _batch_spacing(spacing: ArrayLike | None, batch: int, ndim: int) -> jax.Arra
             f"`spacing` must be a scalar, have shape ({ndim},) (one entry per spatial "
             f"axis) or ({batch}, {ndim}) (one row per sample); got shape {shape}."
         )
-    _check_positive_finite("spacing", spacing)
     return jnp.broadcast_to(jnp.asarray(spacing, jnp.float32), (batch, ndim))
 
 
@@ -183,7 +169,7 @@ def _distance_transform(mask: jax.Array, spacing: jax.Array) -> jax.Array:
     return jnp.sqrt(_squared_distance_transform(mask, spacing))
 
 
-@_checks.normalised
+@_arguments.normalised
 def euclidean_distance_transform(mask: ArrayLike, *, spacing: ArrayLike | None = None) -> jax.Array:
     r"""Exact Euclidean distance from every pixel to the nearest True pixel of ``mask``.
 
@@ -251,7 +237,7 @@ def _boundary(mask: jax.Array, ndim: int) -> jax.Array:
     return mask & ~interior
 
 
-@_checks.normalised
+@_arguments.normalised
 def boundary_mask(mask: ArrayLike) -> jax.Array:
     r"""The surface pixels of a mask: in the mask, with a face neighbour outside it.
 
@@ -422,7 +408,7 @@ def _hausdorff_distance(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
-@_checks.normalised
+@_arguments.normalised
 def hausdorff_distance(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -495,13 +481,6 @@ def hausdorff_distance(
     """
     predictions, labels = _class_maps(predictions, labels)
     _checks.check_num_classes(num_classes, include_background)
-    if percentile is not None:
-        if np.shape(percentile) != ():
-            raise ValueError(
-                f"`percentile` must be a scalar or None; got shape {np.shape(percentile)}."
-            )
-        if _is_concrete(percentile) and not 0.0 <= float(percentile) <= 100.0:
-            raise ValueError(f"`percentile` must lie in [0, 100] or be None; got {percentile!r}.")
     quantile = jnp.asarray(100.0 if percentile is None else percentile, jnp.float32) / 100.0
     spacing = _batch_spacing(spacing, predictions.shape[0], predictions.ndim - 1)
     predictions, labels = _sharding.replicated(predictions, labels)
@@ -571,7 +550,7 @@ def _average_surface_distance(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
-@_checks.normalised
+@_arguments.normalised
 def average_surface_distance(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -676,7 +655,7 @@ def _surface_dice(
     return jax.vmap(one_sample)(predictions, labels, spacing)
 
 
-@_checks.normalised
+@_arguments.normalised
 def surface_dice(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -742,10 +721,6 @@ def surface_dice(
             f"`tolerance` must be a scalar or have shape ({num_classes},), one value per "
             f"class (background included); got shape {tolerance_shape}."
         )
-    if _is_concrete(tolerance):
-        values = np.asarray(tolerance, dtype=np.float64)
-        if not np.all(np.isfinite(values)) or np.any(values < 0):
-            raise ValueError(f"`tolerance` must be finite and >= 0; got {tolerance!r}.")
     tolerance = jnp.broadcast_to(jnp.asarray(tolerance, jnp.float32), (num_classes,))
     spacing = _batch_spacing(spacing, predictions.shape[0], predictions.ndim - 1)
     predictions, labels = _sharding.replicated(predictions, labels)

@@ -31,7 +31,7 @@ import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _checks, _components, _distance, _sharding, _surfaces
+from jaxseg import _arguments, _components, _distance, _sharding, _surfaces
 
 __all__ = [
     "LesionWiseScores",
@@ -191,7 +191,7 @@ def _check_panoptic_input(x: jax.Array, name: str) -> None:
         )
 
 
-@_checks.normalised
+@_arguments.normalised
 def panoptic_quality(
     predicted_instances: ArrayLike,
     label_instances: ArrayLike,
@@ -542,7 +542,7 @@ def _lesion_wise_scores(predictions, labels, spacing, min_size, missing, *, dila
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def lesion_wise_scores(
     predictions: ArrayLike,
     labels: ArrayLike,

@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxseg import _checks, _reduce, _sharding, _stats
+from jaxseg import _arguments, _checks, _reduce, _sharding, _stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -270,13 +270,7 @@ def _lovasz_softmax(
     return _per_image_mean(image_loss, jnp.any(valid, axis=-1), "mean", axis_name)
 
 
-def _check_common(reduction: str, per_image: Any) -> None:
-    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
-    if not isinstance(per_image, (bool, np.bool_)):
-        raise ValueError(f"`per_image` must be a bool; got {per_image!r}.")
-
-
-@_checks.normalised
+@_arguments.normalised
 def lovasz_softmax_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -349,7 +343,7 @@ def lovasz_softmax_loss(
     _checks.check_logits_labels(
         logits, labels, activation=activation, ignore_index=ignore_index, where=where
     )
-    _check_common(reduction, per_image)
+    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
     num_classes = jnp.shape(logits)[-1]
     _checks.check_class_weights(class_weights, num_classes)
     if isinstance(classes, str):
@@ -408,7 +402,7 @@ def _lovasz_hinge(logits, labels, where, *, per_image, ignore_index, reduction, 
     return _per_image_mean(losses, jnp.any(valid, axis=-1), "mean", axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised
 def lovasz_hinge_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -459,7 +453,7 @@ def lovasz_hinge_loss(
     _checks.check_logits_labels(
         logits, labels, activation="sigmoid", ignore_index=ignore_index, where=where
     )
-    _check_common(reduction, per_image)
+    _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
     if jnp.shape(logits)[-1] != 1:
         raise ValueError(
             "`lovasz_hinge_loss` takes one binary channel: `logits` of shape (batch, "

@@ -21,6 +21,7 @@ Conventions, shared by every function of this module:
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import chex
@@ -28,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import _checks, _overlap, _sharding, _stats
+from jaxseg import _arguments, _checks, _confusion_formulas, _instances, _overlap, _sharding, _stats
 from jaxseg._stats import OverlapStats
 
 ArrayLike = jax.typing.ArrayLike
@@ -57,14 +58,10 @@ def _class_maps(
     The int32 cast does not wrap: 64-bit values outside ``[0, num_classes)`` become -1
     (out of range) first, so the label ``2**32 + 1`` is not read as class 1.
     """
-    predictions = _checks.as_array("predictions", predictions)
-    labels = _checks.as_array("labels", labels)
+    predictions = _arguments.as_array("predictions", predictions)
+    labels = _arguments.as_array("labels", labels)
     _checks.check_class_maps(predictions, labels, ranks=(2, 3, 4))
     _checks.check_where(where, labels.shape)
-    if ignore_index is not None and (
-        not isinstance(ignore_index, (int, np.integer)) or isinstance(ignore_index, bool)
-    ):
-        raise ValueError(f"`ignore_index` must be an int or None; got {ignore_index!r}.")
     where = None if where is None else jnp.asarray(where)
     return (
         _checks.class_map_int32(predictions, num_classes),
@@ -76,7 +73,7 @@ def _class_maps(
 # ---------------------------------------------------------------------- class maps
 
 
-@_checks.normalised
+@_arguments.normalised
 def predictions_from_logits(
     logits: ArrayLike, *, activation: str | None = "softmax", threshold: float = 0.5
 ) -> jax.Array:
@@ -110,8 +107,7 @@ def predictions_from_logits(
       Array([[1, 0]], dtype=int32)
     """
     _checks.check_option("activation", activation, _checks.ACTIVATIONS)
-    _checks.check_unit_interval("threshold", threshold)
-    logits = _checks.as_array("logits", logits)
+    logits = _arguments.as_array("logits", logits)
     chex.assert_type(
         logits,
         float,
@@ -153,7 +149,7 @@ def _confusion_matrix(predictions, labels, where, *, num_classes, ignore_index):
     return counts.reshape(num_classes, num_classes)
 
 
-@_checks.normalised
+@_arguments.normalised
 def confusion_matrix(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -255,7 +251,7 @@ def _call_scores(kind, predictions, labels, num_classes, **options) -> jax.Array
     return _scores(predictions, labels, where, kind=kind, num_classes=int(num_classes), **options)
 
 
-@_checks.normalised
+@_arguments.normalised
 def dice_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -329,8 +325,6 @@ def dice_score(
 
 
 def _per_component_scores(predictions, labels, num_classes, ignore_index, where, ignore_empty):
-    from jaxseg import _instances  # the instance metrics build on this module's checks
-
     if num_classes != 2:
         raise ValueError(
             "`per_component=True` scores binary maps (MONAI needs 2 channels): "
@@ -343,7 +337,7 @@ def _per_component_scores(predictions, labels, num_classes, ignore_index, where,
     return _instances.per_component_dice(predictions, labels, ignore_empty=ignore_empty)
 
 
-@_checks.normalised
+@_arguments.normalised
 def iou_score(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -398,7 +392,7 @@ def _mean_over_samples_of_class_means(values: jax.Array) -> jax.Array:
     return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
 
 
-@_checks.normalised
+@_arguments.normalised
 def mean_dice(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -435,7 +429,7 @@ def mean_dice(
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def mean_iou(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -504,7 +498,7 @@ class MetricState(NamedTuple):
         return self.tp.shape[0]
 
 
-@_checks.normalised
+@_arguments.normalised
 def metric_state(num_classes: int) -> MetricState:
     """The empty state for ``num_classes`` classes (background included).
 
@@ -596,7 +590,7 @@ def _update(state, predictions, labels, where, *, ignore_index, axis_name):
     return _merge(state, _stats.psum(increment, axis_name))
 
 
-@_checks.normalised
+@_arguments.normalised
 def update(
     state: MetricState,
     predictions: ArrayLike,
@@ -668,7 +662,24 @@ def _compute(state, *, include_background, ignore_empty):
     return {**per_class, **means, "accuracy": accuracy}
 
 
-@_checks.normalised
+@functools.partial(jax.jit, static_argnames=("names", "include_background"))
+def _state_scores(state, beta, *, names, include_background):
+    tp, fp, fn, tn = (_words_to_float(getattr(state, name)) for name in _COUNTS)
+    scores = _confusion_formulas.scores_of_counts(tp, fp, tn, fn, names, beta)
+    return scores if include_background else {k: v[1:] for k, v in scores.items()}
+
+
+def _family_scores(
+    state: MetricState, metrics: str | Sequence[str], *, include_background: bool, beta: Any
+) -> dict[str, jax.Array]:
+    """``compute(state, metrics=...)``: the named metrics of the state's global counts."""
+    names = _confusion_formulas.metric_names(metrics)
+    return _state_scores(
+        state, jnp.asarray(beta, jnp.float32), names=names, include_background=include_background
+    )
+
+
+@_arguments.normalised
 def compute(
     state: MetricState,
     *,
@@ -725,15 +736,13 @@ def compute(
     _check_state(state)
     if not include_background and state.num_classes < 2:
         raise ValueError("`include_background=False` needs a state of at least 2 classes.")
-    # The confusion family builds on this module: imported here, not at the top.
-    from jaxseg import _confusion
-
     if metrics is not None:
-        return _confusion.state_scores(
-            state, metrics, include_background=include_background, beta=beta
-        )
-    family = _confusion.state_scores(
-        state, _confusion.STATE_DEFAULTS, include_background=include_background, beta=beta
+        return _family_scores(state, metrics, include_background=include_background, beta=beta)
+    family = _family_scores(
+        state,
+        _confusion_formulas.STATE_DEFAULTS,
+        include_background=include_background,
+        beta=beta,
     )
     result = _compute(state, include_background=include_background, ignore_empty=ignore_empty)
     return {**family, **result}

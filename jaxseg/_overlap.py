@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _reduce, _softmax, _stats
+from jaxseg import _arguments, _checks, _reduce, _softmax, _stats
 from jaxseg._stats import OverlapStats
 
 EMPTY_POLICIES = ("smooth", "exclude", "complement")
@@ -266,8 +266,6 @@ def _call(
         empty=empty,
         squared=squared,
     )
-    _checks.check_nonnegative("smooth_nr", smooth_nr)
-    _checks.check_nonnegative("smooth_dr", smooth_dr)
     return _overlap_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),
@@ -287,7 +285,7 @@ def _call(
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -383,7 +381,7 @@ def dice_loss(
     )
 
 
-@_checks.normalised
+@_arguments.normalised
 def iou_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -445,7 +443,7 @@ def iou_loss(
 jaccard_loss = iou_loss
 
 
-@_checks.normalised(alpha=_checks.NONNEGATIVE)
+@_arguments.normalised(alpha=_arguments.NONNEGATIVE)
 def tversky_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -491,8 +489,6 @@ def tversky_loss(
       Abraham, Khan. A Novel Focal Tversky Loss Function with Improved Attention U-Net
       for Lesion Segmentation. ISBI 2019.
     """
-    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-        _checks.check_nonnegative(name, value)
     return _call(
         _tversky_loss_score,
         logits,
@@ -583,7 +579,7 @@ def _generalized_dice_loss(
     return _reduce.weighted_reduce(loss, ones, reduction, None if batch else axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised
 def generalized_dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -635,8 +631,6 @@ def generalized_dice_loss(
         reduction=reduction,
     )
     _checks.check_option("weight_type", weight_type, WEIGHT_TYPES)
-    _checks.check_nonnegative("smooth_nr", smooth_nr)
-    _checks.check_nonnegative("smooth_dr", smooth_dr)
     return _generalized_dice_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),

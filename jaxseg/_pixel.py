@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _reduce, _softmax
+from jaxseg import _arguments, _checks, _reduce, _softmax
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -259,7 +259,7 @@ def _array(x: Any) -> jax.Array | None:
     return None if x is None else jnp.asarray(x)
 
 
-@_checks.normalised
+@_arguments.normalised
 def cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -334,14 +334,12 @@ def cross_entropy(
         reduction=reduction,
         pixel_weights=pixel_weights,
     )
-    _checks.check_unit_interval("label_smoothing", label_smoothing)
     if pos_weight is not None:
         if activation != "sigmoid":
             raise ValueError(
                 f"`pos_weight` applies to activation='sigmoid' only; got activation={activation!r}."
             )
         _checks.check_per_class("pos_weight", pos_weight, jnp.shape(logits)[-1])
-        _checks.check_nonnegative("pos_weight", pos_weight)
     return _cross_entropy(
         jnp.asarray(logits),
         jnp.asarray(labels),
@@ -357,7 +355,7 @@ def cross_entropy(
     )
 
 
-@_checks.normalised(alpha=_checks.number(low=0, high=1, per_class=True, optional=True))
+@_arguments.normalised(alpha=_arguments.number(low=0, high=1, per_class=True, optional=True))
 def focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -418,10 +416,8 @@ def focal_loss(
         reduction=reduction,
         pixel_weights=pixel_weights,
     )
-    _checks.check_nonnegative("gamma", gamma)
     if alpha is not None:
         _checks.check_per_class("alpha", alpha, jnp.shape(logits)[-1])
-        _checks.check_unit_interval("alpha", alpha)
     return _focal_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),

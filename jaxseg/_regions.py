@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import _checks
+from jaxseg import _arguments, _checks
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -78,7 +78,7 @@ def _regions_from_labels(labels, *, regions, dtype):
     return jnp.stack(masks, axis=-1).astype(dtype)
 
 
-@_checks.normalised
+@_arguments.normalised
 def regions_from_labels(
     labels: ArrayLike,
     regions: Sequence[int | Sequence[int]],

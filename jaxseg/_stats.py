@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks
+from jaxseg import _arguments, _checks
 
 
 class OverlapStats(NamedTuple):
@@ -163,7 +163,7 @@ def stats_of_probabilities(
     return stats
 
 
-@_checks.normalised
+@_arguments.normalised
 def overlap_stats(
     logits: jax.typing.ArrayLike,
     labels: jax.typing.ArrayLike,

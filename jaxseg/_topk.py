@@ -20,9 +20,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxseg import _checks, _pixel, _reduce, _stats
+from jaxseg import _arguments, _checks, _pixel, _reduce, _stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -131,7 +130,7 @@ def _topk_cross_entropy(
     return _reduce.safe_divide(total, count.astype(total.dtype))
 
 
-@_checks.normalised
+@_arguments.normalised
 def topk_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -203,11 +202,6 @@ def topk_cross_entropy(
         reduction=reduction,
         pixel_weights=None,
     )
-    _checks.check_unit_interval("label_smoothing", label_smoothing)
-    if not isinstance(k, jax.core.Tracer):
-        value = float(np.asarray(k, np.float64))
-        if not 0 < value <= 100:
-            raise ValueError(f"`k` must be a percentage in (0, 100]; got {k!r}.")
     return _topk_cross_entropy(
         jnp.asarray(logits),
         jnp.asarray(labels),

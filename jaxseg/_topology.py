@@ -21,14 +21,13 @@ excluding a box of pixels equals cropping it away. Everything is differentiable
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxseg import _checks, _reduce
+from jaxseg import _arguments, _checks, _reduce
 from jaxseg._combinators import combine
 from jaxseg._overlap import dice_loss
 
@@ -155,14 +154,7 @@ def _cldice_loss(
     return _reduce.weighted_reduce(loss, jnp.ones((), loss.dtype), reduction, axis_name)
 
 
-def _check_iterations(iterations: Any) -> None:
-    if not isinstance(iterations, (int, np.integer)) or isinstance(iterations, bool):
-        raise TypeError(f"`iterations` must be a Python int; got {iterations!r}.")
-    if iterations < 0:
-        raise ValueError(f"`iterations` must be >= 0; got {iterations}.")
-
-
-@_checks.normalised
+@_arguments.normalised
 def cldice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -234,13 +226,6 @@ def cldice_loss(
         logits, labels, activation=activation, ignore_index=ignore_index, where=where
     )
     _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
-    _check_iterations(iterations)
-    for name, value in (
-        ("smooth_nr", smooth_nr),
-        ("smooth_dr", smooth_dr),
-        ("smooth_harmonic", smooth_harmonic),
-    ):
-        _checks.check_nonnegative(name, value)
     return _cldice_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),
@@ -260,7 +245,7 @@ def cldice_loss(
 _DICE_CLDICE = combine(dice=dice_loss, cldice=cldice_loss)
 
 
-@_checks.normalised(alpha=_checks.UNIT_INTERVAL)
+@_arguments.normalised(alpha=_arguments.UNIT_INTERVAL)
 def dice_cldice(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -311,9 +296,7 @@ def dice_cldice(
       Shit et al. clDice - a Novel Topology-Preserving Loss Function for Tubular
       Structure Segmentation. CVPR 2021.
     """
-    _checks.check_unit_interval("alpha", alpha)
     _checks.check_option("reduction", reduction, ("mean", "sum"))
-    _check_iterations(iterations)
     if np.shape(logits)[-1:] == (1,):
         # One channel has no background to drop (MONAI warns and keeps it).
         include_background = True

@@ -15,7 +15,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxseg import _checks, _overlap, _reduce, _stats
+from jaxseg import _arguments, _checks, _overlap, _reduce, _stats
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -84,7 +84,7 @@ def _asymmetric_unified_focal_loss(
     return _reduce.weighted_reduce(loss, jnp.ones_like(loss), reduction, axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised(gamma=_arguments.UNIT_INTERVAL)
 def asymmetric_unified_focal_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -161,9 +161,6 @@ def asymmetric_unified_focal_loss(
         logits, labels, activation=activation, ignore_index=ignore_index, where=where
     )
     _checks.check_option("reduction", reduction, _checks.REDUCTIONS)
-    for name, value in (("weight", weight), ("gamma", gamma), ("delta", delta)):
-        _checks.check_unit_interval(name, value)
-    _checks.check_nonnegative("epsilon", epsilon)
     return _asymmetric_unified_focal_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import _checks, _overlap, _reduce
+from jaxseg import _arguments, _checks, _overlap, _reduce
 
 AxisName = str | tuple[str, ...] | None
 ArrayLike = jax.typing.ArrayLike
@@ -80,7 +80,7 @@ def _generalized_wasserstein_dice_loss(
     return _reduce.weighted_reduce(loss, jnp.ones_like(loss), reduction, axis_name)
 
 
-@_checks.normalised
+@_arguments.normalised
 def generalized_wasserstein_dice_loss(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -166,8 +166,6 @@ def generalized_wasserstein_dice_loss(
             f"column per class of `logits`; got shape {np.shape(distance_matrix)}."
         )
     _checks.check_nonnegative("distance_matrix", distance_matrix)
-    _checks.check_nonnegative("smooth_nr", smooth_nr)
-    _checks.check_nonnegative("smooth_dr", smooth_dr)
     return _generalized_wasserstein_dice_loss(
         jnp.asarray(logits),
         jnp.asarray(labels),

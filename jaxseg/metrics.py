@@ -6,11 +6,11 @@ boundary-distance metrics (:mod:`jaxseg._distance`).
 
 from jaxseg._components import Components as Components
 from jaxseg._components import connected_components as connected_components
-from jaxseg._confusion import CONFUSION_METRICS as CONFUSION_METRICS
 from jaxseg._confusion import absolute_volume_difference as absolute_volume_difference
 from jaxseg._confusion import confusion_metrics as confusion_metrics
 from jaxseg._confusion import fbeta_score as fbeta_score
 from jaxseg._confusion import generalized_dice_score as generalized_dice_score
+from jaxseg._confusion_formulas import CONFUSION_METRICS as CONFUSION_METRICS
 from jaxseg._distance import average_surface_distance as average_surface_distance
 from jaxseg._distance import boundary_mask as boundary_mask
 from jaxseg._distance import euclidean_distance_transform as euclidean_distance_transform

@@ -12,7 +12,7 @@ import references as ref
 from jax.experimental import checkify
 
 import jaxseg
-from jaxseg import _checks
+from jaxseg import _arguments, _checks
 
 X = ref.random_logits(2, 3, seed=0)  # (2, 6, 7, 3)
 Y = ref.random_labels(2, 3, seed=1)  # (2, 6, 7)
@@ -189,6 +189,83 @@ def test_errors_are_raised_at_trace_time_under_jit(name, case):
     fn = jax.jit(lambda x, y, arrays: ALL_LOSSES[name](x, y, **arrays, **static))
     with pytest.raises(ValueError, match=message):
         fn.trace(logits, labels, arrays)
+
+
+# ---------------------------------------------------------------------------------------
+# Ranges of the number rules: each bound is honoured, open or closed, alone or with the
+# other.
+
+# (rule name, value, message regex or None where the value is accepted).
+RANGE_CASES = [
+    # k: (0, 100], the lower bound open.
+    ("k", 0, r"^`k` must lie in \(0, 100\]; got 0\.$"),
+    ("k", 0.0, r"^`k` must lie in \(0, 100\]; got 0\.0\.$"),
+    ("k", -1.0, r"^`k` must lie in \(0, 100\]; got -1\.0\.$"),
+    ("k", 100.5, r"^`k` must lie in \(0, 100\]; got 100\.5\.$"),
+    ("k", np.nan, r"^`k` must be finite and lie in \(0, 100\]; got nan\.$"),
+    ("k", 1e-9, None),
+    ("k", 100, None),
+    ("k", 100.0, None),
+    # percentile: [0, 100], None allowed.
+    ("percentile", 0, None),
+    ("percentile", 100.0, None),
+    ("percentile", None, None),
+    ("percentile", -0.5, r"^`percentile` must lie in \[0, 100\]; got -0\.5\.$"),
+    ("percentile", 100.01, r"^`percentile` must lie in \[0, 100\]; got 100\.01\.$"),
+    # epsilon: [0, 0.5].
+    ("epsilon", 0.0, None),
+    ("epsilon", 0.5, None),
+    ("epsilon", 0.51, r"^`epsilon` must lie in \[0, 0\.5\]; got 0\.51\.$"),
+    ("epsilon", -1e-3, r"^`epsilon` must lie in \[0, 0\.5\]; got -0\.001\.$"),
+    # label_smoothing: [0, 1].
+    ("label_smoothing", 1.0, None),
+    ("label_smoothing", 1.5, r"^`label_smoothing` must lie in \[0, 1\]; got 1\.5\.$"),
+    # eps: > 0, no upper bound.
+    ("eps", 0.0, r"^`eps` must be > 0; got 0\.0\.$"),
+    ("eps", 1e-12, None),
+    ("eps", 1e12, None),
+    # spacing: > 0, one entry per axis.
+    ("spacing", [0.5, 2.0], None),
+    ("spacing", np.array([1.0, 0.0]), r"^`spacing` must be > 0; got array\(\[1\., 0\.\]\)\.$"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, value, message", RANGE_CASES, ids=[f"{n}={v!r}" for n, v, _ in RANGE_CASES]
+)
+def test_number_rules_honour_both_bounds(name, value, message):
+    rule = _arguments.RULES[name]
+    if message is None:
+        np.testing.assert_array_equal(rule(name, value), value)
+    else:
+        with pytest.raises(ValueError, match=message):
+            rule(name, value)
+
+
+def test_as_number_upper_bound_alone_and_no_bound():
+    assert _arguments.as_number("x", 1.0, high=1) == 1.0
+    assert _arguments.as_number("x", -5, high=1) == -5
+    with pytest.raises(ValueError, match=r"^`x` must be <= 1; got 2\.0\.$"):
+        _arguments.as_number("x", 2.0, high=1)
+    with pytest.raises(ValueError, match=r"^`x` must be finite and <= 1; got inf\.$"):
+        _arguments.as_number("x", np.inf, high=1)
+    assert _arguments.as_number("x", -1e30) == -1e30
+    with pytest.raises(ValueError, match=r"^`x` must be finite; got nan\.$"):
+        _arguments.as_number("x", np.nan)
+    # The upper bound is closed, with an open lower bound too.
+    assert _arguments.as_number("x", 2.0, low=1, high=2, low_open=True) == 2.0
+    with pytest.raises(ValueError, match=r"^`x` must lie in \(1, 2\]; got 1\.0\.$"):
+        _arguments.as_number("x", 1.0, low=1, high=2, low_open=True)
+
+
+def test_topk_k_of_zero_is_rejected_and_the_smallest_positive_accepted():
+    x = np.zeros((1, 4, 2), np.float32)
+    y = np.zeros((1, 4), np.int32)
+    with pytest.raises(ValueError, match=r"^`k` must lie in \(0, 100\]; got 0\.$"):
+        jaxseg.topk_cross_entropy(x, y, k=0)
+    # k = 1e-9 keeps at least one pixel: the mean CE of one pixel of uniform logits.
+    np.testing.assert_allclose(jaxseg.topk_cross_entropy(x, y, k=1e-9), np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(jaxseg.topk_cross_entropy(x, y, k=100), np.log(2), rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------

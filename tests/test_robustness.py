@@ -1,6 +1,6 @@
 """Robustness: what a careless or hurried user passes, and every way JAX runs a function.
 
-- The normaliser (``jaxseg._checks.normalised``): Python lists, tuples, NumPy arrays and
+- The normaliser (``jaxseg._arguments.normalised``): Python lists, tuples, NumPy arrays and
   scalars are accepted wherever arrays are; what cannot be converted, and options of the
   wrong type or range, raise an error that names the argument (and never prints a whole
   list).
@@ -33,7 +33,7 @@ from jax.experimental import checkify
 from jax.sharding import PartitionSpec
 
 import jaxseg
-from jaxseg import _checks, metrics
+from jaxseg import _arguments, _checks, metrics
 
 RNG = np.random.default_rng(16)
 X = RNG.standard_normal((2, 6, 5, 3)).astype(np.float32)
@@ -297,7 +297,7 @@ def test_type_errors_are_value_errors_too():
     """Argument-type errors subclass both TypeError and ValueError (earlier: ValueError)."""
     with pytest.raises(ValueError, match="ignore_index"):
         jaxseg.dice_loss(X, Y, ignore_index=1.5)
-    assert issubclass(_checks.ArgumentTypeError, TypeError)
+    assert issubclass(_arguments.ArgumentTypeError, TypeError)
 
 
 # --------------------------------------------------------------------------------------

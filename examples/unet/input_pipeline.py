@@ -26,6 +26,7 @@ References:
 
 import dataclasses
 import importlib.metadata
+from collections.abc import Sequence
 from pathlib import Path
 
 import grain
@@ -44,22 +45,30 @@ class Split:
     labels: np.ndarray
 
 
-def data_files() -> tuple[Path, Path]:
-    """Paths of the image and instance mask inside the installed ``stardist`` wheel."""
+def package_files(package: str, names: Sequence[str], contents: str) -> list[Path]:
+    """Paths of the files ``names`` inside the installed wheel of ``package``.
+
+    Raises ``FileNotFoundError`` when the package or one of the files is missing; the
+    message says that ``contents`` ships with the wheel and how to install it.
+    """
     try:
-        distribution = importlib.metadata.distribution("stardist")
+        distribution = importlib.metadata.distribution(package)
     except importlib.metadata.PackageNotFoundError as error:
         raise FileNotFoundError(
-            "the demo data ships with the stardist wheel: pip install --no-deps stardist"
+            f"{contents} ships with the {package} wheel: pip install --no-deps {package}"
         ) from error
-    paths = tuple(
-        Path(distribution.locate_file(f"stardist/data/images/{name}.tif"))
-        for name in ("img2d", "mask2d")
-    )
+    paths = [Path(distribution.locate_file(name)) for name in names]
     for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing from the stardist installation")
+            raise FileNotFoundError(f"{path} is missing from the {package} installation")
     return paths
+
+
+def data_files() -> tuple[Path, Path]:
+    """Paths of the image and instance mask inside the installed ``stardist`` wheel."""
+    names = [f"stardist/data/images/{name}.tif" for name in ("img2d", "mask2d")]
+    image, mask = package_files("stardist", names, "the demo data")
+    return image, mask
 
 
 def normalize(image: np.ndarray, low: float = 1.0, high: float = 99.8) -> np.ndarray:
@@ -173,10 +182,22 @@ def training_loader(
 ) -> grain.DataLoader:
     """This process's batches of augmented crops, deterministic from ``seed``.
 
-    ``batch_size`` is the global batch; each of the ``jax.process_count()`` processes
-    reads ``batch_size / process_count`` records of its own shard per step (grain's
-    ``ShardByJaxProcess``). Yields ``{"image": (b, crop, crop, 1) float32, "labels":
-    (b, crop, crop) int32}`` with ``b`` the per-process batch.
+    ``batch_size`` is the global batch (see :func:`random_map_loader`). Yields
+    ``{"image": (b, crop, crop, 1) float32, "labels": (b, crop, crop) int32}`` with
+    ``b`` the per-process batch.
+    """
+    return random_map_loader(RandomCrop(split, crop), batch_size, seed, num_records)
+
+
+def random_map_loader(
+    random_map: grain.transforms.RandomMap, batch_size: int, seed: int, num_records: int
+) -> grain.DataLoader:
+    """This process's batches of ``random_map``'s samples, deterministic from ``seed``.
+
+    Record ``i`` is the index ``i`` (:class:`CropIndices`); ``random_map`` makes its
+    sample with grain's generator seeded by ``(seed, i)``. ``batch_size`` is the global
+    batch; each of the ``jax.process_count()`` processes reads ``batch_size /
+    process_count`` records of its own shard per step (grain's ``ShardByJaxProcess``).
     """
     import jax
 
@@ -194,8 +215,8 @@ def training_loader(
         data_source=CropIndices(num_records),
         sampler=sampler,
         operations=[
-            RandomCrop(split, crop),
+            random_map,
             grain.transforms.Batch(batch_size // processes, drop_remainder=True),
         ],
-        worker_count=0,  # crops cost microseconds; worker processes would cost more
+        worker_count=0,  # samples cost microseconds; worker processes would cost more
     )

@@ -207,6 +207,13 @@ def data_parallel(config: default.Config) -> DataParallel | None:
     return DataParallel() if config.data_parallel or jax.process_count() > 1 else None
 
 
+def next_batch(batches, parallel: DataParallel | None) -> tuple:
+    """The next ``(images, labels)`` of ``batches``: global arrays when data-parallel."""
+    batch = next(batches)
+    images, labels = batch["image"], batch["labels"]
+    return parallel.shard_batch(images, labels) if parallel else (images, labels)
+
+
 def train_losses(config: default.Config) -> list[float]:
     """The losses of ``config.steps`` training steps, with no evaluation (for tests)."""
     parallel = data_parallel(config)
@@ -217,10 +224,7 @@ def train_losses(config: default.Config) -> list[float]:
     )
     losses = []
     for _ in range(config.steps):
-        batch = next(batches)
-        images, labels = batch["image"], batch["labels"]
-        if parallel:
-            images, labels = parallel.shard_batch(images, labels)
+        images, labels = next_batch(batches, parallel)
         losses.append(train_step(model, optimizer, images, labels, loss=config.loss))
     return [float(x) for x in losses]
 
@@ -328,10 +332,7 @@ def train_and_evaluate(
     )
     predictions = None
     for step in progress:
-        batch = next(batches)
-        images, labels = batch["image"], batch["labels"]
-        if parallel:
-            images, labels = parallel.shard_batch(images, labels)
+        images, labels = next_batch(batches, parallel)
         window.append(train_step(model, optimizer, images, labels, loss=config.loss))
         if step % 10 == 0:
             # Reading a value waits for the device; every 10 steps keeps dispatch async.
@@ -566,11 +567,18 @@ def initialize_cluster(args: argparse.Namespace) -> None:
         jax.distributed.initialize()
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def run(module: str, argv: Sequence[str] | None, parse_args, train_and_evaluate) -> dict:
+    """The command line of an example: parses ``argv``, then trains or launches.
+
+    With ``--processes N`` (N > 1) it starts ``python -m module`` as N local processes of
+    one JAX cluster (:func:`launch`) and returns the summary they wrote; otherwise this
+    process joins its cluster, if any (:func:`initialize_cluster`), and returns
+    ``train_and_evaluate(config, args.out, ...)``.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     config, args = parse_args(argv)
     if args.processes > 1 and args.coordinator is None:
-        status = launch("examples.unet.train", argv, args.processes)
+        status = launch(module, argv, args.processes)
         if status:
             raise SystemExit(status)
         metrics = args.out / "metrics.json"
@@ -583,6 +591,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         resume=args.resume,
         stop_at=args.stop_at,
     )
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    return run("examples.unet.train", argv, parse_args, train_and_evaluate)
 
 
 if __name__ == "__main__":

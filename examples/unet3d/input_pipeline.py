@@ -26,7 +26,6 @@ References:
 
 import dataclasses
 import functools
-import importlib.metadata
 from pathlib import Path
 
 import grain
@@ -56,17 +55,8 @@ class Volume:
 
 def data_files() -> dict[str, Path]:
     """Paths of the T1 image and the grey- and white-matter maps in the nilearn wheel."""
-    try:
-        distribution = importlib.metadata.distribution("nilearn")
-    except importlib.metadata.PackageNotFoundError as error:
-        raise FileNotFoundError(
-            "the template ships with the nilearn wheel: pip install --no-deps nilearn"
-        ) from error
-    paths = {kind: Path(distribution.locate_file(name)) for kind, name in _FILES.items()}
-    for path in paths.values():
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing from the nilearn installation")
-    return paths
+    paths = unet_input_pipeline.package_files("nilearn", list(_FILES.values()), "the template")
+    return dict(zip(_FILES, paths, strict=True))
 
 
 def _downsample(volume: np.ndarray, factor: int) -> np.ndarray:
@@ -128,10 +118,6 @@ def split(volume: Volume, patch: int) -> tuple[list[Volume], Volume]:
     return train, held_out
 
 
-# Record i is the index of the i-th random patch (the patch is made by a map).
-PatchIndices = unet_input_pipeline.CropIndices
-
-
 class RandomPatch(grain.transforms.RandomMap):
     """A random ``patch``^3 cube of a random training slab, left-right flipped at random.
 
@@ -161,26 +147,8 @@ def training_loader(
     slabs: list[Volume], patch: int, batch_size: int, seed: int, num_records: int = 1 << 30
 ) -> grain.DataLoader:
     """This process's batches of patches (``batch_size`` is the global batch)."""
-    import jax
-
-    processes = jax.process_count()
-    if batch_size % processes:
-        raise ValueError(f"batch size {batch_size} is not divisible by {processes} processes")
-    sampler = grain.samplers.IndexSampler(
-        num_records=num_records,
-        shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-        shuffle=False,
-        num_epochs=1,
-        seed=seed,
-    )
-    return grain.DataLoader(
-        data_source=PatchIndices(num_records),
-        sampler=sampler,
-        operations=[
-            RandomPatch(slabs, patch),
-            grain.transforms.Batch(batch_size // processes, drop_remainder=True),
-        ],
-        worker_count=0,
+    return unet_input_pipeline.random_map_loader(
+        RandomPatch(slabs, patch), batch_size, seed, num_records
     )
 
 

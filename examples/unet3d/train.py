@@ -18,7 +18,6 @@ from :mod:`jaxseg.metrics`. Data, checkpoints and processes work as in
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,10 +127,7 @@ def train_and_evaluate(
     )  # fmt: skip
     prediction = None
     for step in progress:
-        batch = next(batches)
-        images, labels = batch["image"], batch["labels"]
-        if parallel:
-            images, labels = parallel.shard_batch(images, labels)
+        images, labels = train2d.next_batch(batches, parallel)
         losses.append(train2d.train_step(model, optimizer, images, labels, loss=config.loss))
         if step % config.eval_every == 0 or step == config.steps:
             prediction = sliding_window_predict(model, held_out.image, config.patch, place)
@@ -268,22 +264,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Config, argparse.Name
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config, args = parse_args(argv)
-    if args.processes > 1 and args.coordinator is None:
-        status = train2d.launch("examples.unet3d.train", argv, args.processes)
-        if status:
-            raise SystemExit(status)
-        metrics = args.out / "metrics.json"
-        return json.loads(metrics.read_text()) if metrics.exists() else {}
-    train2d.initialize_cluster(args)
-    return train_and_evaluate(
-        config,
-        args.out,
-        checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
-        stop_at=args.stop_at,
-    )
+    return train2d.run("examples.unet3d.train", argv, parse_args, train_and_evaluate)
 
 
 if __name__ == "__main__":

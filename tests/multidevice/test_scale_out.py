@@ -15,22 +15,28 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding
+from _compare import (
+    AXIS,
+    NUM_DEVICES,
+    TOLERANCE,
+    assert_close,
+    batch,
+    jit_on_sharded_arrays,
+    mesh,
+    needs_8_devices,
+    objective,
+    shard_map_step,
+    sharded,
+    single_device,
+)
 from jax.sharding import PartitionSpec as P
 
 import jaxseg
 
-# float64 cases show the collectives are exact (to 1e-12); float32 cases differ from the
-# single-device result only by the order of float32 sums (about 2e-6 relative).
+# The float64 cases (the collectives are exact there) need 64-bit types.
 jax.config.update("jax_enable_x64", True)
 
-NUM_DEVICES = 8
-AXIS = "data"
-
-pytestmark = pytest.mark.skipif(
-    jax.device_count() < NUM_DEVICES,
-    reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8",
-)
+pytestmark = needs_8_devices
 
 
 def _cases():
@@ -59,75 +65,23 @@ def _cases():
 CASES = _cases()
 
 
-TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
-
-
 @pytest.fixture(scope="module", params=sorted(TOLERANCE))
 def data(request):
-    keys = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(keys[0], (16, 12, 10, 3), dtype=request.param)
-    # Unequal class volumes per sample, and a class absent from some samples, so that
-    # per-device statistics differ from global ones.
-    y = jax.random.randint(keys[1], (16, 12, 10), 0, 3)
-    y = jnp.where(jnp.arange(16).reshape(16, 1, 1) % 3 == 0, jnp.minimum(y, 1), y)
-    params = (jnp.array([1.0, 2.0, 0.5], x.dtype), jnp.array([0.1, -0.2, 0.3], x.dtype))
-    return params, x, y.astype(jnp.int32)
-
-
-def _objective(loss_fn, options, axis_name=None):
-    def objective(params, x, y):
-        scale, shift = params
-        logits = x * scale.reshape(1, 1, 1, -1) + shift.reshape(1, 1, 1, -1)
-        return loss_fn(logits, y, axis_name=axis_name, **options)
-
-    return objective
-
-
-def _assert_close(got, want):
-    rtol = TOLERANCE[str(jnp.result_type(want[0]))]
-    np.testing.assert_allclose(got[0], want[0], rtol=rtol, atol=rtol / 10)
-    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol / 10)
-
-
-def _mesh():
-    return Mesh(np.array(jax.devices()[:NUM_DEVICES]), (AXIS,))
+    return batch(request.param)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_jit_with_sharded_global_arrays(name, data):
-    params, x, y = data
     loss_fn, options = CASES[name]
-    want = jax.value_and_grad(_objective(loss_fn, options))(params, x, y)
-    mesh = _mesh()
-    shard = NamedSharding(mesh, P(AXIS))
-    xs, ys = jax.device_put(x, shard), jax.device_put(y, shard)
-    assert len(xs.sharding.device_set) == NUM_DEVICES
-    got = jax.jit(jax.value_and_grad(_objective(loss_fn, options)))(params, xs, ys)
-    _assert_close(got, want)
-
-
-def _shard_map_step(loss_fn, options, axis_name):
-    objective = _objective(loss_fn, options, axis_name)
-
-    @functools.partial(
-        jax.shard_map, mesh=_mesh(), in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P())
-    )
-    def step(params, x, y):
-        loss, grads = jax.value_and_grad(objective)(params, x, y)
-        # Gradients are averaged with pmean, never summed with psum.
-        return jax.lax.pmean(loss, AXIS), jax.lax.pmean(grads, AXIS)
-
-    return jax.jit(step)
+    want = single_device(loss_fn, options, *data)
+    assert_close(jit_on_sharded_arrays(loss_fn, options, *data), want)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shard_map_with_axis_name(name, data):
-    params, x, y = data
     loss_fn, options = CASES[name]
-    want = jax.value_and_grad(_objective(loss_fn, options))(params, x, y)
-    got = _shard_map_step(loss_fn, options, AXIS)(params, x, y)
-    _assert_close(got, want)
+    want = single_device(loss_fn, options, *data)
+    assert_close(shard_map_step(loss_fn, options, AXIS)(*data), want)
 
 
 @pytest.mark.parametrize(
@@ -139,10 +93,9 @@ def test_shard_map_without_axis_name_is_biased(name, data):
     (Per-sample Dice is the exception: with equal shards the mean of per-device means
     is the global mean, so it is not listed.)
     """
-    params, x, y = data
     loss_fn, options = CASES[name]
-    want = _objective(loss_fn, options)(params, x, y)
-    got, _ = _shard_map_step(loss_fn, options, None)(params, x, y)
+    want = objective(loss_fn, options)(*data)
+    got, _ = shard_map_step(loss_fn, options, None)(*data)
     assert abs(float(got) - float(want)) > 1e-4
 
 
@@ -150,17 +103,17 @@ def test_shard_map_without_axis_name_is_biased(name, data):
 def test_pmap_with_axis_name(name, data):
     params, x, y = data
     loss_fn, options = CASES[name]
-    want = jax.value_and_grad(_objective(loss_fn, options))(params, x, y)
-    objective = _objective(loss_fn, options, AXIS)
+    want = single_device(loss_fn, options, params, x, y)
+    loss_of_params = objective(loss_fn, options, AXIS)
 
     def step(params, x, y):
-        loss, grads = jax.value_and_grad(objective)(params, x, y)
+        loss, grads = jax.value_and_grad(loss_of_params)(params, x, y)
         return loss, jax.lax.pmean(grads, AXIS)
 
     split = lambda a: a.reshape(NUM_DEVICES, -1, *a.shape[1:])
     loss, grads = jax.pmap(step, axis_name=AXIS, in_axes=(None, 0, 0))(params, split(x), split(y))
     np.testing.assert_allclose(loss, np.full(NUM_DEVICES, want[0]), rtol=2e-5)
-    _assert_close((loss[0], jax.tree.map(lambda g: g[0], grads)), want)
+    assert_close((loss[0], jax.tree.map(lambda g: g[0], grads)), want)
 
 
 def _metric_batch():
@@ -187,14 +140,12 @@ def test_metric_state_across_devices():
     state0 = jaxseg.metrics.metric_state(4)
     want = jaxseg.metrics.update(state0, predictions, labels, ignore_index=ignore)
 
-    mesh = _mesh()
-    shard = NamedSharding(mesh, P(AXIS))
     got_jit = jax.jit(lambda s, p, y: jaxseg.metrics.update(s, p, y, ignore_index=ignore))(
-        state0, jax.device_put(predictions, shard), jax.device_put(labels, shard)
+        state0, *sharded(predictions, labels)
     )
     _assert_states_equal(got_jit, want)
 
-    @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
+    @functools.partial(jax.shard_map, mesh=mesh(), in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
     def sharded_update(state, p, y):
         return jaxseg.metrics.update(state, p, y, ignore_index=ignore, axis_name=AXIS)
 
@@ -223,8 +174,6 @@ def test_metric_state_across_devices():
 def test_binary_losses_across_devices(loss_name, data):
     params, x, y = data
     loss_fn = getattr(jaxseg, loss_name)
-    binary_x, binary_y = x[..., :1], (y > 0).astype(jnp.int32)
-    binary_params = jax.tree.map(lambda p: p[:1], params)
-    want = jax.value_and_grad(_objective(loss_fn, {}))(binary_params, binary_x, binary_y)
-    got = _shard_map_step(loss_fn, {}, AXIS)(binary_params, binary_x, binary_y)
-    _assert_close(got, want)
+    binary = (jax.tree.map(lambda p: p[:1], params), x[..., :1], (y > 0).astype(jnp.int32))
+    want = single_device(loss_fn, {}, *binary)
+    assert_close(shard_map_step(loss_fn, {}, AXIS)(*binary), want)

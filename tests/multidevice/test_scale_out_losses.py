@@ -13,23 +13,24 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from _compare import (
+    AXIS,
+    assert_close,
+    batch,
+    jit_on_sharded_arrays,
+    needs_8_devices,
+    objective,
+    shard_map_step,
+    single_device,
+)
 
 import jaxseg
 
 jax.config.update("jax_enable_x64", True)
 
-NUM_DEVICES = 8
-AXIS = "data"
-
-pytestmark = pytest.mark.skipif(
-    jax.device_count() < NUM_DEVICES,
-    reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8",
-)
+pytestmark = needs_8_devices
 
 DISTANCES = np.array([[0.0, 1.0, 1.0], [1.0, 0.0, 0.5], [1.0, 0.5, 0.0]])
 
@@ -44,78 +45,32 @@ CASES = {
     "topk": (jaxseg.topk_cross_entropy, {"k": 10.0}),
     "topk_ignore": (jaxseg.topk_cross_entropy, {"k": 3.0, "ignore_index": 2}),
 }
+
+
 # float64 only: the collectives are exact (to 1e-10); the float32 paths (a 31-bit
 # search) are tested on one device with vmap's axis_name in the test modules.
-TOLERANCE = {"float64": 1e-10}
-
-
-@pytest.fixture(scope="module", params=sorted(TOLERANCE))
+@pytest.fixture(scope="module", params=["float64"])
 def data(request):
-    keys = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(keys[0], (16, 12, 10, 3), dtype=request.param)
     # The hardest pixels sit on the first shards, so per-device top k would differ.
-    x = x * (1 + 3 * (jnp.arange(16) < 4)).reshape(16, 1, 1, 1).astype(x.dtype)
-    y = jax.random.randint(keys[1], (16, 12, 10), 0, 3)
-    y = jnp.where(jnp.arange(16).reshape(16, 1, 1) % 3 == 0, jnp.minimum(y, 1), y)
-    params = (jnp.array([1.0, 2.0, 0.5], x.dtype), jnp.array([0.1, -0.2, 0.3], x.dtype))
-    return params, x, y.astype(jnp.int32)
-
-
-def _objective(loss_fn, options, axis_name=None):
-    def objective(params, x, y):
-        scale, shift = params
-        logits = x * scale.reshape(1, 1, 1, -1) + shift.reshape(1, 1, 1, -1)
-        return loss_fn(logits, y, axis_name=axis_name, **options)
-
-    return objective
-
-
-def _assert_close(got, want):
-    rtol = TOLERANCE[str(jnp.result_type(want[0]))]
-    np.testing.assert_allclose(got[0], want[0], rtol=rtol, atol=rtol / 10)
-    for g, w in zip(jax.tree.leaves(got[1]), jax.tree.leaves(want[1]), strict=True):
-        np.testing.assert_allclose(g, w, rtol=rtol, atol=rtol / 10)
-
-
-def _mesh():
-    return Mesh(np.array(jax.devices()[:NUM_DEVICES]), (AXIS,))
+    return batch(request.param, hard_first_shards=True)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_jit_with_sharded_global_arrays(name, data):
-    params, x, y = data
     loss_fn, options = CASES[name]
-    want = jax.value_and_grad(_objective(loss_fn, options))(params, x, y)
-    shard = NamedSharding(_mesh(), P(AXIS))
-    xs, ys = jax.device_put(x, shard), jax.device_put(y, shard)
-    got = jax.jit(jax.value_and_grad(_objective(loss_fn, options)))(params, xs, ys)
-    _assert_close(got, want)
+    want = single_device(loss_fn, options, *data)
+    assert_close(jit_on_sharded_arrays(loss_fn, options, *data), want)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_shard_map_with_axis_name(name, data):
-    params, x, y = data
     loss_fn, options = CASES[name]
-    want = jax.value_and_grad(_objective(loss_fn, options))(params, x, y)
-    objective = _objective(loss_fn, options, AXIS)
-
-    @functools.partial(
-        jax.shard_map, mesh=_mesh(), in_specs=(P(), P(AXIS), P(AXIS)), out_specs=(P(), P())
-    )
-    def step(params, x, y):
-        loss, grads = jax.value_and_grad(objective)(params, x, y)
-        return jax.lax.pmean(loss, AXIS), jax.lax.pmean(grads, AXIS)
-
-    _assert_close(jax.jit(step)(params, x, y), want)
+    want = single_device(loss_fn, options, *data)
+    assert_close(shard_map_step(loss_fn, options, AXIS)(*data), want)
 
 
 def test_topk_without_axis_name_is_biased(data):
     """Per-device top k averaged is not the global top k (the psum matters)."""
-    params, x, y = data
-    want = _objective(jaxseg.topk_cross_entropy, {"k": 10.0})(params, x, y)
-
-    @functools.partial(jax.shard_map, mesh=_mesh(), in_specs=(P(), P(AXIS), P(AXIS)), out_specs=P())
-    def local(params, x, y):
-        return jax.lax.pmean(_objective(jaxseg.topk_cross_entropy, {"k": 10.0})(params, x, y), AXIS)
-
-    assert abs(float(jax.jit(local)(params, x, y)) - float(want)) > 1e-3
+    want = objective(jaxseg.topk_cross_entropy, {"k": 10.0})(*data)
+    got, _ = shard_map_step(jaxseg.topk_cross_entropy, {"k": 10.0}, None)(*data)
+    assert abs(float(got) - float(want)) > 1e-3
