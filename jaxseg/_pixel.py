@@ -138,6 +138,7 @@ def _cross_entropy(
             where=where,
             class_weights=class_weights,
             overlap=False,
+            smooth=label_smoothing != 0,
         )
         dtype = terms.log_p.dtype
         weight_y = _label_weight(class_weights, labels, dtype)

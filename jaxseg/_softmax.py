@@ -2,8 +2,8 @@ r"""The softmax engine: one pass over the logits for every softmax loss with int
 
 The Dice family, the cross-entropy and the focal loss, with softmax and integer labels,
 all need a few sums and per-pixel values of one softmax. This module computes them,
-for any number of classes, from one pass over logits of shape ``(batch, pixels, C)``
-(the spatial axes flattened, the class axis minor, as the logits lie in memory).
+for any number of classes, from one pass over logits of shape ``(batch, *spatial, C)``
+(the class axis minor, as the logits lie in memory).
 
 Forward
 -------
@@ -12,12 +12,13 @@ weights ``w``, everything relative to the pixel's maximum ``m = max_c x_c`` (so 
 constant to all logits of a pixel changes nothing, up to offsets of 1e30):
 
 .. math::
-    z_c = x_c - m, \quad s = \sum_c e^{z_c}, \quad p_c = e^{z_c - \log s}, \quad
-    \log p_y = z_y - \log s, \quad
-    1 - p_y = \begin{cases} \textstyle\sum_{c:\, z_c < 0} e^{z_c} / s & p_y > 1/2 \\
-    1 - p_y & \text{otherwise,} \end{cases}
+    e_c = e^{x_c - m}, \quad s = \sum_c e_c, \quad p_c = e_c / s, \quad
+    \log p_y = (x_y - m) - \log s,
 
-    q = \sum_c w_c \log p_c = \sum_c w_c z_c - W \log s \quad (W = \textstyle\sum_c w_c),
+    1 - p_y = \begin{cases} \textstyle\sum_{c:\, e_c < 1} e_c / s &
+    x_y = m \text{ and } s < 2 \\ 1 - p_y & \text{otherwise,} \end{cases}
+    \qquad
+    q = \sum_c w_c \log p_c = \sum_c w_c (x_c - m) - W \log s,
 
 and per (sample, class)
 
@@ -26,52 +27,59 @@ and per (sample, class)
     \mathrm{tp}_{bc} = \sum_{i:\, y_i = c} v_i\, p_{i y_i}, \qquad
     n_{bc} = \sum_{i:\, y_i = c} v_i \ (\text{int32}).
 
-``pred`` is a matrix-vector product ``einsum("bnc,bn->bc", p, v)``: XLA's CPU backend
-runs it as a dot, one read of ``p``, where a reduction over the pixel axis with the
-class axis minor is a strided loop (measured, forward only, on 8 MiB of float32 ``p``:
+One exponential per element: ``e`` is computed once, stored, and every consumer reads
+it (``s``, ``p = e / s`` in the gradient, the matrix-vector products), as optax's
+cross-entropy does. An exponential costs about 3 ns per element on XLA's CPU backend
+(measured: 2.1M float32 elements, ``exp`` 5.2-7.0 ms of CPU time, a multiply 1.55 ms),
+so this is what sets the time above a few classes. Measured against the former engine,
+which recomputed ``p = exp((x - m) - log s)`` where it was needed (two or three
+exponentials per element), time over optax CE (CPU time, interleaved in one process,
+``jit(value_and_grad)``, about 8 MiB of float32 logits), before / after:
+``cross_entropy`` 1.04 / 0.91 at 19 classes, 1.93 / 0.93 at 117; ``dice_ce`` 1.58 /
+1.18 and 2.27 / 1.61; ``dice_loss`` 1.44 / 1.13 and 2.12 / 1.52; ``focal_loss``
+1.47 / 1.21 and 2.14 / 1.45. The stored ``e`` is 1.0x the logits of temporary memory
+where XLA cannot place it in the gradient's buffer (the overlap losses and the focal
+loss above the cutoff; the focal loss's temporary memory was 0.05x at 117 classes
+with the recomputed ``p``, 1.05x now).
+
+``pred`` is a matrix-vector product ``einsum("bnc,bn->bc", e, v / s)``: XLA's CPU
+backend runs it as a dot, one read of ``e``, where a reduction over the pixel axis with
+the class axis minor is a strided loop (measured, forward only, on 8 MiB of float32:
 8.0 ms against 32.8 ms for ``jnp.sum(p * v[..., None], axis=1)`` at 4 classes, 0.94 vs
 0.76 ms at 19, 0.74 vs 0.90 ms at 117; its transpose in the backward pass is a dot
-too). ``tp`` and ``n`` are segment
-sums of per-pixel values indexed by the label, O(pixels) whatever the class count (a
-masked class-axis sum would be O(pixels x classes) and a float one-hot a copy of the
-logits). ``log p_y`` is a gather (``take_along_axis``) of ``x``. ``1 - p_y`` (the focal
-factor) never cancels: above 1/2, ``y`` is the only maximum, so ``z_y = 0`` and the other
-classes are exactly those with ``z_c < 0``, summed on their own; at most 1/2, ``1 - p_y``
-is at least 1/2. It is floored at the smallest normal float. That sum is a plain
-reduction of ``e^z`` (no comparison with the label), which XLA computes from the stored
-``x - m`` as it does ``s``: with the former masked sum ``sum_{c != y} p_c``, the focal loss
-stored ``e^z`` and the masked copy (temporary memory over the logits, before / after:
-4 classes 2.00 / 1.00, 19 classes 1.32 / 0.32, 117 classes 1.05 / 0.05; no slower).
-The cross-entropy and focal losses ask the engine for the per-pixel values only
-(``overlap=False``); XLA drops the outputs a loss does not use.
+too). ``tp`` and ``n`` are segment sums of per-pixel values indexed by the label,
+O(pixels) whatever the class count (a masked class-axis sum would be O(pixels x
+classes) and a float one-hot a copy of the logits). ``log p_y`` is a gather
+(``take_along_axis``) of ``x``.
 
-``p`` is stored once (the dot reads it) and the gradient reads it again; recomputing it
-in the gradient loop costs an exponential per element, about 3 ns on this CPU backend
-(measured: 2.1M float32 elements, ``exp`` 5.2-7.0 ms of CPU time, a multiply 1.55 ms).
-Measured with a variant that recomputed ``p`` there (an optimisation barrier kept XLA
-from reusing the stored copy, which then shared the gradient's buffer): ``dice_loss``
-temporary memory 0.47x instead of 1.37x the logits at 19 classes and 0.08x instead of
-1.06x at 117, but 2.2x instead of 1.35x optax CE's time at 19 classes and 2.8x instead
-of 2.0x at 117 (CPU time, interleaved). This engine keeps the stored ``p``.
+``1 - p_y`` (the focal factor) never cancels: when the label is the only class with
+``e = 1`` (``x_y = m`` and ``s < 2``), the other classes are exactly those with ``e < 1``
+and their sum is taken on its own; otherwise ``p_y <= 1/2`` and ``1 - p_y`` is at least
+1/2. It is floored at the smallest normal float (below it ``log p_y`` and its
+derivative are 0 too). The sum needs no comparison with the label (the former masked sum
+``sum_{c != y} p_c`` made XLA store a masked copy).
+
+``q`` (label smoothing) needs ``x - m`` stored for its reduction, so it is computed only
+when the cross-entropy asks for it (``smooth``, traced: ``label_smoothing != 0``, a
+``lax.cond``): without it ``cross_entropy`` has 0.02x the logits of temporary memory at
+117 classes and 0.11x at 19 (1.04x and 1.26x with it). The cross-entropy and focal
+losses ask for the per-pixel values only (``overlap=False``); XLA drops the outputs a
+loss does not use.
 
 Few classes (at most ``MAX_UNROLLED_CLASSES``, 5): the same formulas, with the class
 axis unrolled. The per-pixel reductions over classes (``m``, ``s``, ``x_y`` as a select
-summed over the class slices, ``sum_{c != y} p_c``, ``sum_c w_c z_c``) are elementwise
-operations on the ``C`` class slices, and ``pred_sum``, ``tp`` and the label counts are per-class
-(masked) sums taken in one variadic ``lax.reduce`` over the pixels (primal values only;
-the tangent rule is unchanged: ``d pred`` a matrix-vector product, ``d tp`` a segment
-sum). XLA's CPU backend hands a
-``jnp.sum`` / ``jnp.max`` over the class axis to a library reduction ("ynn_fusion" in
-the compiled HLO) that needs its operand stored: ``x - m``, a copy of the logits, and a
-plane per reduction input; the segment sums store an index plane and a values plane.
-Measured on ``(8, 256, 256, 4)`` float32 ``jit(value_and_grad)``, temporary memory as a
-multiple of the logits' bytes, before / after: ``dice_ce`` 3.00 / 1.75,
-``cross_entropy`` 1.25 / 0.25, ``dice_loss`` 2.00 / 1.75, ``focal_loss`` 2.50 / 2.00
-(1.00 with the focal factor above); time over optax CE ``dice_ce`` 1.55 / 0.94
-(interleaved, loaded machine). The rest of
-the temporary memory at 4 classes is one stored ``p`` (1.0x: the transpose of ``d pred``,
-a matrix-vector product, reads it and the gradient loop reads it again; XLA does not
-write the gradient over it) and per-pixel planes (0.25x each). Above the cutoff
+summed over the class slices, the focal sum, ``q``) are elementwise operations on the
+``C`` class slices, and ``pred_sum``, ``tp`` and the label counts are per-class (masked)
+sums taken in one variadic ``lax.reduce`` over the pixels (primal values only; the
+tangent rule is unchanged: ``d pred`` a matrix-vector product, ``d tp`` a segment sum).
+There ``p`` is recomputed from ``x`` in the gradient loop (an exponential per class
+slice, fused), which XLA does not store. XLA's CPU backend hands a ``jnp.sum`` /
+``jnp.max`` over the class axis to a library reduction ("ynn_fusion" in the compiled
+HLO) that needs its operand stored: ``x - m``, a copy of the logits, and a plane per
+reduction input; the segment sums store an index plane and a values plane. Measured on
+``(8, 256, 256, 4)`` float32 ``jit(value_and_grad)``, temporary memory as a multiple of
+the logits' bytes, unrolled / not: ``dice_ce`` 1.25 / 3.00 (after / before the unrolled
+class axis and ``p`` recomputed), ``cross_entropy`` 0.50 / 1.25. Above the cutoff
 unrolling loses (19 classes: ``cross_entropy`` 2.05x against 0.26x, and slower); the
 constant's comment gives the measurements behind the cutoff.
 
@@ -97,7 +105,7 @@ coefficient ``a = g_lp - r g_l1m + v p_y g_tp[y]`` (a gather of ``g_tp``):
     - p_c \big(a + W g_q + v \textstyle\sum_k p_k\, g_{pred,k}\big),
 
 one matrix-vector product (``sum_k p_k g_pred,k``, only for an overlap loss) and one
-elementwise pass over ``p``, written as the tangent rule's transposes (selects,
+elementwise pass over ``e``, written as the tangent rule's transposes (selects,
 broadcasts and multiplies, no scatter), which XLA fuses into one loop. Forward-mode
 autodiff (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``) uses the rule as it is.
 Each term of the rule is written in the form whose transpose is cheapest: ``dx_y`` as
@@ -108,16 +116,14 @@ transpose is one too).
 
 Why a custom JVP and not a custom VJP: with a custom VJP the pass's values are explicit
 residuals that XLA must store; with the JVP rule transposed inside one ``jit`` program,
-XLA sees forward and backward together and recomputes ``p`` from ``x`` where that is
-cheaper than storing it. Measured with ``bench/engine_variants.py`` (the same formulas
-as a hand-written custom VJP), ``jit(value_and_grad)`` on about 8 MiB of float32 logits,
-interleaved in one process on a loaded 2-core machine, custom JVP time over custom VJP
-time: 0.67 (CE), 0.72 (Dice + CE) at 4 classes; 0.56, 0.78 at 19; 0.49, 0.29 at 117;
-temporary memory of ``cross_entropy`` 0.05x against 1.07x the logits at 117 classes.
-So the engine is a custom JVP, and forward-mode autodiff works on every loss built on it.
-(bfloat16 logits are widened by ``_checks.widen``, a custom VJP that rounds the
-gradient back to bfloat16 with integer operations: forward mode needs float32 or float64
-logits there.)
+XLA sees forward and backward together and schedules them as one program. Measured
+with ``bench/engine_variants.py`` (the same formulas as a hand-written custom VJP) on the
+former engine, ``jit(value_and_grad)`` on about 8 MiB of float32 logits, interleaved in
+one process on a loaded 2-core machine, custom JVP time over custom VJP time: 0.67 (CE),
+0.72 (Dice + CE) at 4 classes; 0.56, 0.78 at 19; 0.49, 0.29 at 117. So the engine is a
+custom JVP, and forward-mode autodiff works on every loss built on it. (bfloat16 logits
+are widened by ``_checks.widen``, whose tangent map rounds the gradient back to
+bfloat16 with integer operations.)
 
 Precision: sums accumulate in the compute dtype (float32 for float32 and bfloat16
 logits, float64 for float64).
@@ -179,6 +185,21 @@ def _pixels(a: jax.Array) -> jax.Array:
     return a.reshape(a.shape[0], -1)
 
 
+def _cells(a: jax.Array) -> jax.Array:
+    """``(b, *spatial, C)`` as ``(b, n, C)``."""
+    return a.reshape(a.shape[0], -1, a.shape[-1])
+
+
+def _row(w: jax.Array, ndim: int) -> jax.Array:
+    """A ``(C,)`` vector shaped to broadcast over ``ndim``-dimensional class-minor arrays."""
+    return w.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _dot(p: jax.Array, v: jax.Array) -> jax.Array:
+    """``sum_i v_i p_ic``: ``(b, C)``, a matrix-vector product per sample."""
+    return jnp.einsum("bnc,bn->bc", _cells(p), _pixels(v))
+
+
 def _unrolled(num_classes: int) -> bool:
     return num_classes <= MAX_UNROLLED_CLASSES
 
@@ -208,6 +229,7 @@ def _pixel_sums(planes: list[jax.Array]) -> list[jax.Array]:
     place, where a plain ``jnp.sum`` of a masked plane is handed to a library reduction
     that needs the plane stored (see the module docstring).
     """
+    planes = [_pixels(t) for t in planes]
     batch, n = planes[0].shape
     blocks = _BLOCKS if n % _BLOCKS == 0 else 1
     parts = tuple(t.reshape(batch, blocks, n // blocks) for t in planes)
@@ -228,7 +250,7 @@ def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.
     noise.
     """
     return jax.vmap(lambda v, y: jax.ops.segment_sum(v, y, num_segments=num_classes))(
-        values, labels
+        _pixels(values), _pixels(labels)
     )
 
 
@@ -256,7 +278,7 @@ def _overlap_sums(p: jax.Array, v: jax.Array, tp_values: jax.Array, labels: jax.
             + [jnp.where(labels == c, tp_values, zero) for c in range(num_classes)]
         )
         return jnp.stack(sums[:num_classes], axis=1), jnp.stack(sums[num_classes:], axis=1)
-    return jnp.einsum("bnc,bn->bc", p, v), _segment_sum(tp_values, labels, num_classes)
+    return _dot(p, v), _segment_sum(tp_values, labels, num_classes)
 
 
 class _Pass(NamedTuple):
@@ -266,16 +288,18 @@ class _Pass(NamedTuple):
     log_s: jax.Array  # log sum_c e^(x_c - m)
     log_p: jax.Array  # log p_y
     p_y: jax.Array
-    rest: jax.Array  # sum_{c != y} p_c, floored at the smallest normal float
+    rest: jax.Array  # 1 - p_y, floored at the smallest normal float
     weighted: jax.Array  # sum_c w_c log p_c
+    inv_s: jax.Array  # 1 / s
+    e: jax.Array  # (b, n, C) e^(x_c - m)
 
 
 def _hit(y: jax.Array, num_classes: int) -> jax.Array:
     """``[c = y]`` as a ``(b, n, C)`` comparison (computed in place by its consumers)."""
-    return y[..., None] == jnp.arange(num_classes, dtype=y.dtype).reshape(1, 1, -1)
+    return y[..., None] == _row(jnp.arange(num_classes, dtype=y.dtype), y.ndim + 1)
 
 
-def _pass(x, y, weights) -> _Pass:
+def _pass(x, y, weights, smooth) -> _Pass:
     num_classes = x.shape[-1]
     hit = _hit(y, num_classes)
     top = _class_max(x)
@@ -290,26 +314,34 @@ def _pass(x, y, weights) -> _Pass:
     # (x - m) - log s, in this order: m + log s would round away log s for |m| >> 1.
     log_p = (x_y - top) - log_s
     p_y = jnp.exp(log_p)
-    # 1 - p_y without cancellation: above 1/2, y is the only maximum and 1 - p_y is the
-    # sum of the other terms, those below the maximum, over s.
-    below_top = _class_sum(jnp.where(z < 0, e, 0))
-    rest = jnp.where(p_y > 0.5, below_top / s, 1 - p_y)
+    # 1 - p_y without cancellation: when y is the only class with e = 1 (the maximum, and
+    # s < 2), 1 - p_y is the sum of the other terms, those below 1, over s; otherwise
+    # p_y <= 1/2 and 1 - p_y is exact enough.
+    below_top = _class_sum(jnp.where(e < 1, e, 0))
+    rest = jnp.where((x_y == top) & (s < 2), below_top / s, 1 - p_y)
     rest = jnp.maximum(rest, jnp.finfo(x.dtype).tiny)
-    weighted = _class_sum(z * weights.reshape(1, 1, -1)) - jnp.sum(weights) * log_s
-    return _Pass(top, log_s, log_p, p_y, rest, weighted)
+    # Only when asked for (a traced flag): the sum needs x - m stored for its reduction.
+    weighted = jax.lax.cond(
+        smooth,
+        lambda: _class_sum(z * _row(weights, x.ndim)) - jnp.sum(weights) * log_s,
+        lambda: jnp.zeros_like(log_s),
+    )
+    return _Pass(top, log_s, log_p, p_y, rest, weighted, 1 / s, e)
 
 
 def _softmax(x, f: _Pass) -> jax.Array:
-    """``p = exp((x - m) - log s)`` from ``x`` and the pass's per-pixel values."""
-    return jnp.exp((x - f.top[..., None]) - f.log_s[..., None])
+    """``p = e / s``; up to the cutoff recomputed from ``x`` (fused into the class slices)."""
+    if _unrolled(x.shape[-1]):
+        return jnp.exp((x - f.top[..., None]) - f.log_s[..., None])
+    return f.e * f.inv_s[..., None]
 
 
-def _forward(x, y, v, weights, overlap: bool):
-    f = _pass(x, y, weights)
+def _forward(x, y, v, weights, smooth, overlap: bool):
+    f = _pass(x, y, weights, smooth)
     pixel = (f.log_p, jnp.log(f.rest), f.weighted)
     if not overlap:
         return pixel, f
-    pred_sum, tp = _overlap_sums(_softmax(x, f), v, v * f.p_y, y)
+    pred_sum, tp = _overlap_sums(f.e, v * f.inv_s, v * f.p_y, y)
     return (pred_sum, tp, *pixel), f
 
 
@@ -320,7 +352,7 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
     transpose is cheapest (see the module docstring).
     """
     num_classes = x.shape[-1]
-    w = weights.reshape(1, 1, -1)
+    w = _row(weights, x.ndim)
     p = _softmax(x, f)
     dot = jnp.sum(p * dx, axis=-1)
     dx_y = jnp.sum(jnp.where(_hit(y, num_classes), dx, 0), axis=-1)
@@ -330,25 +362,25 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
     d_weighted = w_dx - jnp.sum(weights) * dot
     if dw is not None:
         z = x - f.top[..., None]
-        d_weighted = d_weighted + jnp.sum(z * dw.reshape(1, 1, -1), axis=-1)
+        d_weighted = d_weighted + jnp.sum(z * _row(dw, x.ndim), axis=-1)
         d_weighted = d_weighted - jnp.sum(dw) * f.log_s
     pixel = (d_log_p, d_log1m, d_weighted)
     if not overlap:
         return pixel
-    d_pred = jnp.sum(p * dx * v[..., None], axis=1) - jnp.einsum("bnc,bn->bc", p, v * dot)
+    d_pred = jnp.sum(_cells(p * dx * v[..., None]), axis=1) - _dot(f.e, v * f.inv_s * dot)
     d_tp = _segment_sum(v * f.p_y * d_log_p, y, num_classes)
     return (d_pred, d_tp, *pixel)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
-def _engine(x, y, v, weights, overlap):
-    return _forward(x, y, v, weights, overlap)[0]
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _engine(x, y, v, weights, smooth, overlap):
+    return _forward(x, y, v, weights, smooth, overlap)[0]
 
 
 def _engine_jvp(overlap, primals, tangents):
-    x, y, v, weights = primals
-    dx, _, _, dw = tangents
-    out, f = _forward(x, y, v, weights, overlap)
+    x, y, v, weights, smooth = primals
+    dx, _, _, dw, _ = tangents
+    out, f = _forward(x, y, v, weights, smooth, overlap)
     if isinstance(dx, SymbolicZero) and isinstance(dw, SymbolicZero):
         return out, tuple(jnp.zeros_like(o) for o in out)
     dx = jnp.zeros_like(x) if isinstance(dx, SymbolicZero) else dx
@@ -366,6 +398,7 @@ def softmax_terms(
     weights: jax.Array,
     *,
     overlap: bool = True,
+    smooth: jax.Array | bool = True,
 ) -> SoftmaxTerms:
     """The engine's terms for ``softmax(logits)`` against integer labels.
 
@@ -376,6 +409,7 @@ def softmax_terms(
         excluded by ``valid``.
       valid: ``(batch, *spatial)`` bool.
       weights: ``(classes,)`` class weights of ``weighted_log_p``.
+      smooth: compute ``weighted_log_p`` (zeros without it); may be traced.
       overlap: compute ``pred_sum``, ``tp`` and ``label_sum`` (the overlap losses'
         sums); without them (the cross-entropy and focal losses) they are ``None``.
 
@@ -384,15 +418,15 @@ def softmax_terms(
     """
     batch, num_classes = logits.shape[0], logits.shape[-1]
     spatial = logits.shape[1:-1]
-    x = logits.reshape(batch, -1, num_classes)
-    y = jnp.clip(_pixels(labels).astype(jnp.int32), 0, num_classes - 1)
-    v = _pixels(valid).astype(x.dtype)
-    out = _engine(x, y, v, weights.astype(x.dtype), overlap)
+    x = logits
+    y = jnp.clip(labels.astype(jnp.int32), 0, num_classes - 1)
+    v = valid.astype(x.dtype)
+    out = _engine(x, y, v, weights.astype(x.dtype), jnp.asarray(smooth, bool), overlap)
     pixel = lambda a: a.reshape(batch, *spatial)
     log_p, log1m_p, weighted = (pixel(a) for a in out[-3:])
     if not overlap:
         return SoftmaxTerms(None, None, None, log_p, log1m_p, weighted)
-    counts = _label_sums(_pixels(valid).astype(jnp.int32), y, num_classes)
+    counts = _label_sums(valid.astype(jnp.int32), y, num_classes)
     return SoftmaxTerms(out[0], out[1], counts, log_p, log1m_p, weighted)
 
 
@@ -409,6 +443,7 @@ def terms_of(
     where: jax.Array | None,
     class_weights: jax.Array | None,
     overlap: bool,
+    smooth: jax.Array | bool = False,
 ) -> tuple[SoftmaxTerms, jax.Array]:
     """:func:`softmax_terms` of a loss's inputs, and the validity mask.
 
@@ -424,7 +459,8 @@ def terms_of(
         if class_weights is None
         else class_weights.astype(x.dtype)
     )
-    return softmax_terms(x, labels, valid, weights, overlap=overlap), valid
+    terms = softmax_terms(x, labels, valid, weights, overlap=overlap, smooth=smooth)
+    return terms, valid
 
 
 def overlap_stats(terms: SoftmaxTerms) -> OverlapStats:
