@@ -111,6 +111,20 @@ def _label_weight(values, labels, dtype):
     return _softmax.label_gather(values.astype(dtype), labels)
 
 
+def _pixel_terms(logits, labels, where, class_weights, ignore_index, smooth=False):
+    """The engine's per-pixel terms, the validity mask and the label's class weight."""
+    terms, valid = _softmax.terms_of(
+        logits,
+        labels,
+        ignore_index=ignore_index,
+        where=where,
+        class_weights=class_weights,
+        overlap=False,
+        smooth=smooth,
+    )
+    return terms, valid, _label_weight(class_weights, labels, terms.log_p.dtype)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _cross_entropy(
     logits,
@@ -131,17 +145,9 @@ def _cross_entropy(
         _finish, activation=activation, reduction=reduction, axis_name=axis_name
     )
     if _softmax.applies(activation, labels):
-        terms, valid = _softmax.terms_of(
-            logits,
-            labels,
-            ignore_index=ignore_index,
-            where=where,
-            class_weights=class_weights,
-            overlap=False,
-            smooth=label_smoothing != 0,
+        terms, valid, weight_y = _pixel_terms(
+            logits, labels, where, class_weights, ignore_index, smooth=label_smoothing != 0
         )
-        dtype = terms.log_p.dtype
-        weight_y = _label_weight(class_weights, labels, dtype)
         # -sum_c w_c yhat_c log p_c with yhat = (1 - eps) [y = c] + eps / C.
         loss = (
             -(1 - label_smoothing) * weight_y * terms.log_p
@@ -184,16 +190,8 @@ def _focal_loss(
         _finish, activation=activation, reduction=reduction, axis_name=axis_name
     )
     if _softmax.applies(activation, labels):
-        terms, valid = _softmax.terms_of(
-            logits,
-            labels,
-            ignore_index=ignore_index,
-            where=where,
-            class_weights=class_weights,
-            overlap=False,
-        )
+        terms, valid, weight_y = _pixel_terms(logits, labels, where, class_weights, ignore_index)
         dtype = terms.log_p.dtype
-        weight_y = _label_weight(class_weights, labels, dtype)
         alpha_y = (
             1
             if alpha is None

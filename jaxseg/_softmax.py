@@ -163,20 +163,17 @@ class SoftmaxTerms(NamedTuple):
 
 
 # Up to this many classes the class axis is unrolled (see the module docstring, "Few
-# classes"). Measured jit(value_and_grad), about 8 MiB of float32 logits, temporary memory
-# as a multiple of the logits and time over optax CE (interleaved, same process, loaded
-# machine), unrolled against not, for dice_ce / cross_entropy / dice_loss / focal_loss /
-# dice_focal:
-#   2 classes: 2.50/1.00/2.50/3.00/4.00 vs 5.00/2.50/3.00/4.00/5.00;
-#              time 0.73/0.29/0.56/0.53/0.75 vs 1.03/0.44/0.57/0.67/1.26
-#   4 classes: 1.75/0.25/1.75/2.00/2.50 vs 3.00/1.25/2.00/2.50/3.00;
-#              time 0.94/0.44/0.93/0.80/1.17 vs 1.55/1.16/1.21/1.23/1.74
-#   5 classes: 1.60/0.20/1.60/1.80/2.20 vs 2.60/1.00/1.80/2.20/2.60;
-#              time 1.37/0.62/1.22/0.95/1.44 vs 1.73/1.19/1.43/1.40/1.79
-# With the class-axis reductions unrolled (tp still a segment sum): at 8 classes faster
-# but focal_loss memory 2.50 vs 1.75; at 12 focal_loss 2.33 vs 1.50; at 19 slower and
-# cross_entropy 2.05 vs 0.26. So the cutoff is 5 (6 and 7 not measured). (pred_sum in
-# the variadic reduction: 2 classes dice_ce 2.50 vs 3.00 with the dot, 4 and 5 equal.)
+# classes"). Measured with this engine, jit(value_and_grad), about 8 MiB of float32
+# logits, CPU time over optax CE (interleaved, same process) and temporary memory over the
+# logits, for dice_ce / cross_entropy / dice_loss / focal_loss / dice_focal, with the
+# cutoff at 3, 5 (this) and 8:
+#   4 classes: time 1.19/0.54/1.07/1.01/2.52, 1.07/0.52/0.91/0.81/1.13 (cutoff 5);
+#              memory 2.75/0.50/2.50/2.50/4.25, 1.25/0.50/1.25/1.25/2.00 (cutoff 5)
+#   5 classes: time 1.34/0.58/1.27/1.10/1.75, 1.27/0.57/1.21/0.91/1.28 (cutoff 5);
+#              memory 2.40/0.40/2.20/2.20/3.60, 1.00/0.40/1.00/1.00/1.60 (cutoff 5)
+#   8 classes: time 1.80/0.85/1.47/1.36/2.32 (cutoff 8), 1.30/0.67/1.16/1.22/1.69;
+#              memory 0.63/0.25/0.63/0.63/1.00 (cutoff 8), 1.88/0.25/1.75/1.75/2.63
+# Unrolled wins on both at 4 and 5 classes; at 8 it stores less but is 1.2-1.4x slower.
 MAX_UNROLLED_CLASSES = 5
 
 
