@@ -132,7 +132,6 @@ def _stats_for_loss(
     logits,
     labels,
     where,
-    class_weights,
     *,
     activation,
     ignore_index,
@@ -144,15 +143,9 @@ def _stats_for_loss(
 ) -> OverlapStats:
     if not squared and _softmax.applies(activation, labels):
         # Softmax with integer labels: the softmax engine (for hard labels the L1 form
-        # of soft_label equals sum(p y)). The class weights go to it only so that a
-        # cross-entropy on the same logits shares its pass.
+        # of soft_label equals sum(p y)).
         terms, _ = _softmax.terms_of(
-            logits,
-            labels,
-            ignore_index=ignore_index,
-            where=where,
-            class_weights=class_weights,
-            overlap=True,
+            logits, labels, ignore_index=ignore_index, where=where, class_weights=None, overlap=True
         )
         stats = _softmax.overlap_stats(terms)
     else:
@@ -202,7 +195,6 @@ def _overlap_loss(
         logits,
         labels,
         where,
-        class_weights,
         activation=activation,
         ignore_index=ignore_index,
         squared=squared,
@@ -559,7 +551,6 @@ def _generalized_dice_loss(
         logits,
         labels,
         where,
-        class_weights,
         activation=activation,
         ignore_index=ignore_index,
         squared=False,
