@@ -333,12 +333,24 @@ def _softmax(x, f: _Pass) -> jax.Array:
     return f.e * f.inv_s[..., None]
 
 
+def _p_times(x, f: _Pass, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(a, t)`` with ``a_ic t_i = p_ic u_i``, for the per-class sums ``sum_i u_i p_ic``.
+
+    Above the cutoff ``(e, u / s)``: the matrix-vector product reads the stored ``e`` (a
+    stored ``p`` would be a second array). Up to it ``(p, u)``, ``p`` as the gradient loop
+    computes it, so that both see the same rounding of ``p``.
+    """
+    if _unrolled(x.shape[-1]):
+        return _softmax(x, f), u
+    return f.e, u * f.inv_s
+
+
 def _forward(x, y, v, weights, smooth, overlap: bool):
     f = _pass(x, y, weights, smooth)
     pixel = (f.log_p, jnp.log(f.rest), f.weighted)
     if not overlap:
         return pixel, f
-    pred_sum, tp = _overlap_sums(f.e, v * f.inv_s, v * f.p_y, y)
+    pred_sum, tp = _overlap_sums(*_p_times(x, f, v), v * f.p_y, y)
     return (pred_sum, tp, *pixel), f
 
 
@@ -364,7 +376,7 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
     pixel = (d_log_p, d_log1m, d_weighted)
     if not overlap:
         return pixel
-    d_pred = jnp.sum(_cells(p * dx * v[..., None]), axis=1) - _dot(f.e, v * f.inv_s * dot)
+    d_pred = jnp.sum(_cells(p * dx * v[..., None]), axis=1) - _dot(*_p_times(x, f, v * dot))
     d_tp = _segment_sum(v * f.p_y * d_log_p, y, num_classes)
     return (d_pred, d_tp, *pixel)
 
