@@ -72,14 +72,18 @@ summed over the class slices, the focal sum, ``q``) are elementwise operations o
 ``C`` class slices, and ``pred_sum``, ``tp`` and the label counts are per-class (masked)
 sums taken in one variadic ``lax.reduce`` over the pixels (primal values only; the
 tangent rule is unchanged: ``d pred`` a matrix-vector product, ``d tp`` a segment sum).
-There ``p`` is recomputed from ``x`` in the gradient loop (an exponential per class
-slice, fused), which XLA does not store. XLA's CPU backend hands a ``jnp.sum`` /
+There ``p`` is recomputed from ``x`` where it is needed (an exponential per class
+slice, fused into each loop), and the per-class sums read it as the gradient loop
+computes it: with ``e`` and ``v / s`` there instead, ``dice_ce`` stored 1.25x the logits
+rather than 1.75x at 4 classes, but the two roundings of ``p`` made the gradients of a
+masked batch and of the same batch sliced differ at saturated softmax
+(``tests/test_properties.py::test_masked_equals_sliced``). XLA's CPU backend hands a ``jnp.sum`` /
 ``jnp.max`` over the class axis to a library reduction ("ynn_fusion" in the compiled
 HLO) that needs its operand stored: ``x - m``, a copy of the logits, and a plane per
 reduction input; the segment sums store an index plane and a values plane. Measured on
 ``(8, 256, 256, 4)`` float32 ``jit(value_and_grad)``, temporary memory as a multiple of
-the logits' bytes, unrolled / not: ``dice_ce`` 1.25 / 3.00 (after / before the unrolled
-class axis and ``p`` recomputed), ``cross_entropy`` 0.50 / 1.25. Above the cutoff
+the logits' bytes, unrolled / not: ``dice_ce`` 1.75 / 3.00, ``cross_entropy`` 0.50 /
+1.25 (and the cutoff's comment). Above the cutoff
 unrolling loses (19 classes: ``cross_entropy`` 2.05x against 0.26x, and slower); the
 constant's comment gives the measurements behind the cutoff.
 
@@ -168,12 +172,14 @@ class SoftmaxTerms(NamedTuple):
 # logits, for dice_ce / cross_entropy / dice_loss / focal_loss / dice_focal, with the
 # cutoff at 3, 5 (this) and 8:
 #   4 classes: time 1.19/0.54/1.07/1.01/2.52, 1.07/0.52/0.91/0.81/1.13 (cutoff 5);
-#              memory 2.75/0.50/2.50/2.50/4.25, 1.25/0.50/1.25/1.25/2.00 (cutoff 5)
+#              memory 2.75/0.50/2.50/2.50/4.25, 1.75/0.50/1.75/1.25/2.50 (cutoff 5)
 #   5 classes: time 1.34/0.58/1.27/1.10/1.75, 1.27/0.57/1.21/0.91/1.28 (cutoff 5);
-#              memory 2.40/0.40/2.20/2.20/3.60, 1.00/0.40/1.00/1.00/1.60 (cutoff 5)
+#              memory 2.40/0.40/2.20/2.20/3.60, 1.60/0.40/1.60/1.00/2.20 (cutoff 5)
 #   8 classes: time 1.80/0.85/1.47/1.36/2.32 (cutoff 8), 1.30/0.67/1.16/1.22/1.69;
 #              memory 0.63/0.25/0.63/0.63/1.00 (cutoff 8), 1.88/0.25/1.75/1.75/2.63
-# Unrolled wins on both at 4 and 5 classes; at 8 it stores less but is 1.2-1.4x slower.
+# (The cutoff-5 times were taken with the unrolled per-class sums over e and v / s; see
+# the module docstring.) Unrolled wins on both at 4 and 5 classes; at 8 it stores less
+# but is 1.2-1.4x slower.
 MAX_UNROLLED_CLASSES = 5
 
 
