@@ -48,6 +48,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -247,7 +248,8 @@ _CACHE: dict[Any, Any] = {}
 
 def _jitted(fn_name: str, options: tuple, *, grad: bool = True):
     """``jit(value_and_grad(loss))`` (or ``jit(loss)``) per (loss, options); jit caches
-    one compilation per shape and dtype."""
+    one compilation per shape and dtype (with the tests' fast-compile options,
+    ``peers.jit``)."""
     key = (fn_name, options, grad)
     if key not in _CACHE:
         opts = Scenario(fn_name, (), F32, "int", options).opts
@@ -256,7 +258,7 @@ def _jitted(fn_name: str, options: tuple, *, grad: bool = True):
         def call(logits, labels, where):
             return fn(logits, labels, where=where)
 
-        _CACHE[key] = jax.jit(jax.value_and_grad(call) if grad else call)
+        _CACHE[key] = peers.jit(jax.value_and_grad(call) if grad else call)
     return _CACHE[key]
 
 
@@ -523,7 +525,7 @@ def _metric_fns(num_classes: int, ignore_index: int | None):
             computed=metrics.compute(state),
         )
 
-    return jax.jit(run)
+    return peers.jit(run)
 
 
 @settings(max_examples=_examples("metrics", 2))

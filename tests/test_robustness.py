@@ -14,6 +14,10 @@
   every path that supports it, and raises an error naming the cause and the way around
   it on a custom-VJP path.
 - Float options are traced: a new value does not retrace (``chex.assert_max_traces``).
+- Determinism: the same inputs give bit-identical values and gradients on every call,
+  and the jitted functions agree with op-by-op (eager) execution within float32
+  tolerance, for every public loss with its masking options (in this module so that
+  its eager runs reuse the primitives compiled for the eager runs above: same shapes).
 
 References are float64 NumPy (tests/references.py), ``numpy.bincount``, or the int32
 call of the same function where the property is that two inputs are the same input.
@@ -27,6 +31,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peers
 import pytest
 import references as ref
 from jax.experimental import checkify
@@ -100,7 +105,8 @@ def _close(got, want, rtol=1e-5):
 @pytest.mark.parametrize(("name", "fn", "arrays", "diff"), ALL_CASES, ids=IDS)
 def test_every_public_function_under_every_transformation(name, fn, arrays, diff):
     """Eager equals vmap, scan inside shard_map, grad of checkpoint, all in one program
-    exported with jax.export; eval_shape gives its shapes without computing."""
+    exported with jax.export; eval_shape gives its shapes without computing; the checked
+    mode (``jaxseg.checked``) gives the eager value."""
     other = tuple(np.roll(a, 1, axis=0) for a in arrays)
     stacked = tuple(np.stack([a, b]) for a, b in zip(arrays, other, strict=True))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("batch",))
@@ -120,7 +126,7 @@ def test_every_public_function_under_every_transformation(name, fn, arrays, diff
         return out
 
     exported = jax.export.export(jax.jit(everything))(*stacked)
-    got = exported.call(*stacked)
+    got = peers.jit(exported.call)(*stacked)
     chex.assert_trees_all_equal_shapes_and_dtypes(jax.eval_shape(everything, *stacked), got)
     with jax.disable_jit():
         eager = [fn(*arrays), fn(*other)]
@@ -131,6 +137,8 @@ def test_every_public_function_under_every_transformation(name, fn, arrays, diff
     if diff:
         assert np.all(np.isfinite(got["grad"]))
         _close(got["grad"], grad_eager, rtol=1e-4)
+    # The checked mode works on every public function (its failures: further below).
+    _close(jaxseg.checked(fn)(*arrays), eager[0])
 
 
 def test_losses_with_axis_name_inside_shard_map():
@@ -375,12 +383,8 @@ def test_narrow_labels_with_an_ignore_index_they_cannot_hold():
 
 
 # --------------------------------------------------------------------------------------
-# The checked mode on every public function.
-
-
-@pytest.mark.parametrize(("name", "fn", "arrays", "diff"), ALL_CASES, ids=IDS)
-def test_checked_mode_works_on_every_public_function(name, fn, arrays, diff):
-    _close(jaxseg.checked(fn)(*arrays), jax.jit(fn)(*arrays))
+# The checked mode reports the offending value (that it works on every public function
+# is checked with the other transformations, above).
 
 
 CHECKED_FAILURES = [
@@ -449,13 +453,17 @@ FORWARD = [
 
 @pytest.mark.parametrize(("f", "x", "t"), [c[1:] for c in FORWARD], ids=[c[0] for c in FORWARD])
 def test_forward_mode_matches_finite_differences(f, x, t):
-    value, tangent = jax.jvp(f, (x,), (t,))
+    @peers.jit  # every transformation traced into one program: one compilation
+    def derivatives(x, t):
+        tangent = jax.jvp(f, (x,), (t,))[1]
+        linear = jax.linearize(f, x)[1]
+        return tangent, linear(t), jax.jacfwd(f)(x), jax.grad(f)(x)
+
+    tangent, linear, jac, grad = derivatives(x, t)
     np.testing.assert_allclose(tangent, _finite_difference(f, x, t), rtol=2e-3, atol=2e-5)
     # linearize and jacfwd agree with jvp and with reverse mode.
-    _, linear = jax.linearize(f, x)
-    np.testing.assert_allclose(linear(t), tangent, rtol=1e-5, atol=1e-7)
-    jac = jax.jacfwd(f)(x)
-    np.testing.assert_allclose(jac, jax.grad(f)(x), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(linear, tangent, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jac, grad, rtol=1e-4, atol=1e-7)
 
 
 def test_forward_mode_through_bfloat16_widening():
@@ -483,13 +491,19 @@ ENGINE = [
 @pytest.mark.parametrize("f", [c[1] for c in ENGINE], ids=[c[0] for c in ENGINE])
 def test_forward_mode_on_the_softmax_engine(f):
     """jvp matches central differences; so do Hessian-vector products."""
-    _, tangent = jax.jvp(f, (X,), (TANGENT,))
+    eps = 1e-2
+
+    @peers.jit  # every transformation traced into one program: one compilation
+    def derivatives(x, t, above, below):
+        tangent = jax.jvp(f, (x,), (t,))[1]
+        hvp = jax.jvp(jax.grad(f), (x,), (t,))[1]
+        return tangent, hvp, jax.grad(f)(above), jax.grad(f)(below)
+
+    tangent, hvp, g_above, g_below = derivatives(X, TANGENT, X + eps * TANGENT, X - eps * TANGENT)
     want = _finite_difference(f, X, TANGENT)
     np.testing.assert_allclose(tangent, want, rtol=2e-3, atol=2e-5)
     # The ways around it work: forward-over-reverse (Hessian-vector products).
-    hvp = jax.jvp(jax.grad(f), (X,), (TANGENT,))[1]
-    eps = 1e-2
-    fd = (jax.grad(f)(X + eps * TANGENT) - jax.grad(f)(X - eps * TANGENT)) / (2 * eps)
+    fd = (g_above - g_below) / (2 * eps)
     np.testing.assert_allclose(hvp, fd, rtol=5e-2, atol=5e-4)
 
 
@@ -518,3 +532,96 @@ def test_float_options_do_not_retrace():
     for s, lam in ((1e-5, 1.0), (1e-2, 0.25)):
         expected = lam * ref.overlap_loss("dice", X, Y, smooth_nr=s, smooth_dr=s)
         np.testing.assert_allclose(f(X, Y, s, lam), expected + ref.cross_entropy(X, Y), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------
+# Determinism: bit-identical repeated calls; jit equals eager with masking options.
+
+DRNG = np.random.default_rng(1234)
+DX = (DRNG.standard_normal((2, 6, 5, 3)) * 3).astype(np.float32)
+DY = DRNG.integers(0, 3, (2, 6, 5)).astype(np.int32)
+DY[0, 0, :2] = 255  # ignored pixels
+WHERE = DRNG.random((2, 6, 5)) < 0.8
+DX1 = (DRNG.standard_normal((2, 6, 5, 1)) * 3).astype(np.float32)
+DY1 = DRNG.integers(0, 2, (2, 6, 5)).astype(np.int32)
+
+MULTI = dict(ignore_index=255, where=WHERE)
+DETERMINISM = [
+    ("dice_loss", jaxseg.dice_loss, MULTI),
+    ("iou_loss", jaxseg.iou_loss, dict(MULTI, empty="exclude")),
+    ("tversky_loss", jaxseg.tversky_loss, dict(MULTI, alpha=0.3, beta=0.7, gamma=0.75)),
+    ("generalized_dice_loss", jaxseg.generalized_dice_loss, MULTI),
+    ("cross_entropy", jaxseg.cross_entropy, dict(MULTI, label_smoothing=0.1)),
+    ("focal_loss", jaxseg.focal_loss, dict(MULTI, alpha=0.25)),
+    ("dice_ce", jaxseg.dice_ce, dict(MULTI, include_background=False)),
+    ("dice_focal", jaxseg.dice_focal, MULTI),
+    ("lovasz_softmax_loss", jaxseg.lovasz_softmax_loss, MULTI),
+    ("lovasz_softmax_loss_per_image", jaxseg.lovasz_softmax_loss, dict(MULTI, per_image=True)),
+    ("combine", jaxseg.combine(jaxseg.dice_loss, jaxseg.focal_loss), MULTI),
+    ("log_transform", jaxseg.log_transform(jaxseg.dice_loss), MULTI),
+    ("bce_log_dice", jaxseg.bce_log_dice, {"where": WHERE}),
+    ("lovasz_hinge_loss", jaxseg.lovasz_hinge_loss, {"where": WHERE}),
+    ("dice_loss_sigmoid", jaxseg.dice_loss, {"activation": "sigmoid"}),
+    ("focal_loss_sigmoid", jaxseg.focal_loss, {"activation": "sigmoid", "alpha": 0.25}),
+]
+BINARY = {"bce_log_dice", "lovasz_hinge_loss", "dice_loss_sigmoid", "focal_loss_sigmoid"}
+DETERMINISM_IDS = [c[0] for c in DETERMINISM]
+
+
+def _inputs(name):
+    return (DX1, DY1) if name in BINARY else (DX, DY)
+
+
+@functools.cache
+def _value_and_grad(name):
+    """``(value_and_grad(loss), its jit)`` per case: both tests share one compilation."""
+    _, loss, options = next(c for c in DETERMINISM if c[0] == name)
+    f = jax.value_and_grad(functools.partial(loss, **options))
+    return f, jax.jit(f)
+
+
+@pytest.mark.parametrize("name", DETERMINISM_IDS)
+def test_repeated_calls_are_bit_identical(name):
+    logits, labels = _inputs(name)
+    f, jitted = _value_and_grad(name)
+    results = [f(logits, labels) for _ in range(3)] + [jitted(logits, labels) for _ in range(3)]
+    for value, grad in results[1:3]:
+        np.testing.assert_array_equal(value, results[0][0])
+        np.testing.assert_array_equal(grad, results[0][1])
+    for value, grad in results[4:]:
+        np.testing.assert_array_equal(value, results[3][0])
+        np.testing.assert_array_equal(grad, results[3][1])
+    assert np.isfinite(results[0][0]) and np.all(np.isfinite(results[0][1]))
+
+
+@pytest.mark.parametrize("name", DETERMINISM_IDS)
+def test_jit_matches_eager(name):
+    logits, labels = _inputs(name)
+    f, jitted = _value_and_grad(name)
+    value, grad = jitted(logits, labels)
+    with jax.disable_jit():
+        eager_value, eager_grad = f(logits, labels)
+    np.testing.assert_allclose(eager_value, value, rtol=1e-5, atol=1e-6)
+    scale = float(np.max(np.abs(grad)))
+    np.testing.assert_allclose(eager_grad, grad, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_deep_supervision_is_deterministic():
+    loss = jaxseg.deep_supervision(jaxseg.dice_ce)
+    outputs = [DX, DX[:, ::2, ::2]]
+    f = jax.value_and_grad(lambda xs: loss(xs, DY, ignore_index=255))
+    (v0, g0), (v1, g1) = f(outputs), f(outputs)
+    np.testing.assert_array_equal(v0, v1)
+    for a, b in zip(g0, g1, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_metrics_are_deterministic():
+    pred = DRNG.integers(0, 3, DY.shape).astype(np.int32)
+    state = metrics.update(metrics.metric_state(3), pred, DY, ignore_index=255)
+    again = metrics.update(metrics.metric_state(3), pred, DY, ignore_index=255)
+    for a, b in zip(state, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    first, second = metrics.compute(state), metrics.compute(again)
+    for key in first:
+        np.testing.assert_array_equal(first[key], second[key])

@@ -62,7 +62,7 @@ def test_terms_and_their_derivatives_match_float64(shape):
     v = rng.random(shape[:-1]) > 0.3
     w = rng.uniform(0.2, 2.0, size=num_classes).astype(np.float32)
     want = _reference_terms(x, y, v, w)
-    t = _softmax.softmax_terms(jnp.asarray(x), jnp.asarray(y), jnp.asarray(v), jnp.asarray(w))
+    t = peers.jit(_softmax.softmax_terms)(x, y, v, w)
     assert t.label_sum.dtype == jnp.int32
     np.testing.assert_array_equal(t.label_sum, want[2])
     got = (t.pred_sum, t.tp, t.log_p, t.log1m_p, t.weighted_log_p)
@@ -101,8 +101,8 @@ def test_terms_and_their_derivatives_match_float64(shape):
         dw = jnp.asarray(rng.normal(size=num_classes))
         shapes = jax.eval_shape(engine, x64, w64)
         cotangent = tuple(jnp.asarray(rng.normal(size=a.shape)) for a in shapes)
-        got = jax.jit(functools.partial(derivatives, engine))(x64, w64, dx, dw, cotangent)
-        want = jax.jit(functools.partial(derivatives, plain))(x64, w64, dx, dw, cotangent)
+        got = peers.jit(functools.partial(derivatives, engine))(x64, w64, dx, dw, cotangent)
+        want = peers.jit(functools.partial(derivatives, plain))(x64, w64, dx, dw, cotangent)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
@@ -203,7 +203,8 @@ def test_forward_mode_matches_float64_finite_differences(name):
     x = ref.random_logits(2, 6, seed=8, shape=(2, 5, 4))
     y = ref.random_labels(2, 6, seed=9, shape=(2, 5, 4))
     direction = np.random.default_rng(10).normal(size=x.shape)
-    _, tangent = jax.jvp(lambda u: loss(u, y, **options), (jnp.asarray(x),), (direction,))
+    jvp = peers.jit(lambda u, t: jax.jvp(lambda a: loss(a, y, **options), (u,), (t,)))
+    _, tangent = jvp(jnp.asarray(x), jnp.asarray(direction, jnp.float32))
     h = 1e-5
     x64 = x.astype(np.float64)
     numeric = (
@@ -218,10 +219,14 @@ def test_linearize_and_jacfwd_agree_with_reverse_mode():
     y = ref.random_labels(2, 5, seed=24, shape=(1, 3, 2))
     direction = jnp.asarray(np.random.default_rng(25).normal(size=x.shape), jnp.float32)
     loss = lambda u: jaxseg.dice_focal(u, y)
-    grad = jax.grad(loss)(x)
-    _, linear = jax.linearize(loss, x)
-    assert_close(linear(direction), jnp.vdot(grad, direction), rtol=1e-5, atol=1e-6)
-    assert_close(jax.jacfwd(loss)(x), grad, rtol=1e-5, atol=1e-6)
+
+    @peers.jit  # the three transformations traced into one program: one compilation
+    def derivatives(x, direction):
+        return jax.grad(loss)(x), jax.linearize(loss, x)[1](direction), jax.jacfwd(loss)(x)
+
+    grad, linear, jac = derivatives(x, direction)
+    assert_close(linear, jnp.vdot(grad, direction), rtol=1e-5, atol=1e-6)
+    assert_close(jac, grad, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,7 +307,7 @@ def test_option_gradient_matches_float64_finite_differences(case):
     loss, option, value, reference = OPTION_CASES[case]
     x = ref.random_logits(2, 3, seed=11, shape=(2, 5, 4))
     y = ref.random_labels(2, 3, seed=12, shape=(2, 5, 4))
-    grad = jax.grad(lambda u: loss(x, y, **{option: u}))(jnp.asarray(value, jnp.float32))
+    grad = peers.jit(jax.grad(lambda u: loss(x, y, **{option: u})))(np.asarray(value, np.float32))
     numeric = _central(lambda u: reference(x.astype(np.float64), y, u), value)
     assert_close(grad, numeric, rtol=1e-4, atol=1e-5)
 
@@ -359,7 +364,7 @@ def test_pixel_weights_softmax(loss_name):
     _, grad0 = peers.jaxseg_value_and_grad(loss, x, y, pixel_weights=omega0, **options)
     assert np.all(grad0[1] == 0)
     # The gradient with respect to the pixel weights themselves, by finite differences.
-    g_omega = jax.grad(lambda o: loss(x, y, pixel_weights=o, **options))(jnp.asarray(omega))
+    g_omega = peers.jit(jax.grad(lambda o: loss(x, y, pixel_weights=o, **options)))(omega)
     numeric = _central(
         lambda o: _weighted_pixel_reference(per_pixel, class_w, o, valid), omega, h=1e-5
     )

@@ -93,12 +93,19 @@ def test_unet_is_channels_last_and_fully_convolutional():
 
 
 TINY = ["--batch-size", "4", "--crop", "32", "--eval-every", "15"]
+RUN = ["--steps", "30", *TINY, "--checkpoint-every", "20"]
 
 
-def test_training_reduces_the_loss_and_writes_outputs(tmp_path):
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    """One uninterrupted 30-step run, shared by the tests below: (summary, output dir)."""
+    out = tmp_path_factory.mktemp("whole")
+    return train.main([*RUN, "--out", str(out)]), out
+
+
+def test_training_reduces_the_loss_and_writes_outputs(whole_run):
     # Tiny crops keep each step a few milliseconds; compiling dominates this test.
-    argv = ["--steps", "30", *TINY, "--checkpoint-every", "20"]
-    summary = train.main([*argv, "--out", str(tmp_path)])
+    summary, tmp_path = whole_run
     losses = summary["history"]["train_loss"]
     assert len(losses) == 30 and all(np.isfinite(losses))
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
@@ -113,25 +120,27 @@ def test_training_reduces_the_loss_and_writes_outputs(tmp_path):
     # The checkpoint holds the trained parameters, the optimizer state and its step.
     config, _ = train.parse_args(["--steps", "30", *TINY])
     model, optimizer = train.create_model_and_optimizer(config)
+    fresh = np.array(model.head.kernel[...])  # the initialisation, before the restore
     manager = train.checkpoint_manager(tmp_path / "checkpoints", 20)
     step, history = train.restore_checkpoint(manager, model, optimizer)
     assert step == 30 and int(optimizer.step[...]) == 30
     assert history["train_loss"] == losses
-    fresh, _ = train.create_model_and_optimizer(config)
-    assert not np.array_equal(model.head.kernel[...], fresh.head.kernel[...])
+    assert not np.array_equal(model.head.kernel[...], fresh)
     images = jnp.zeros((1, 32, 32, 1))
     assert np.isfinite(np.asarray(model(images))).all()
 
 
-def test_resume_continues_with_the_losses_of_an_uninterrupted_run(tmp_path):
-    argv = ["--steps", "8", *TINY, "--checkpoint-every", "3"]
-    whole = train.main([*argv, "--out", str(tmp_path / "whole")])["history"]["train_loss"]
-    stopped = train.main([*argv, "--out", str(tmp_path / "cut"), "--stop-at", "5"])
+def test_resume_continues_with_the_losses_of_an_uninterrupted_run(whole_run, tmp_path):
+    whole = whole_run[0]["history"]["train_loss"]
+    # Stopped after step 5 (between two scheduled checkpoints and before the first
+    # evaluation, at step 15), then resumed to step 30.
+    stopped = train.main([*RUN, "--out", str(tmp_path), "--stop-at", "5"])
     assert len(stopped["history"]["window"]) == 5
-    resumed = train.main([*argv, "--out", str(tmp_path / "cut"), "--resume"])
+    resumed = train.main([*RUN, "--out", str(tmp_path), "--resume"])
     # Model, optimizer and data iterator come back from step 5: the same next batches,
     # the same updates, the same losses (the programs are the same, so to the bit).
     assert resumed["history"]["train_loss"] == whole, (resumed["history"]["train_loss"], whole)
+    assert resumed["history"]["step"] == [15, 30]
 
 
 DATA_PARALLEL_SCRIPT = textwrap.dedent(
@@ -142,8 +151,9 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent(
     from examples.unet.configs import default
 
     assert jax.device_count() == 8, jax.devices()
+    # Two levels of a narrow U-Net: what is compared is the sharding, not the model.
     config = dataclasses.replace(
-        default.get_config(), steps=4, batch_size=8, crop=32, warmup_steps=2
+        default.get_config(), steps=4, batch_size=8, crop=32, warmup_steps=2, features=(8, 16)
     )
     single = train.train_losses(config)
     sharded = train.train_losses(dataclasses.replace(config, data_parallel=True))

@@ -15,6 +15,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peers
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -127,12 +128,12 @@ def test_losses_under_explicit_sharding(name):
     x, y, where = _data()
     if binary:
         x, y = _binary(x, y)
-    want = jax.value_and_grad(_call(loss_fn, options, x, y, where))(x)
+    # The same program on unsharded and on sharded inputs (peers.jit: fast compilation).
+    run = peers.jit(lambda a, b, w: jax.value_and_grad(_call(loss_fn, options, a, b, w))(a))
+    want = run(x, y, where)
     xs, ys, ws = _sharded(x, y, where)
     assert jax.typeof(xs).sharding.spec[0] == AXIS
-    got = jax.jit(lambda a, b, w: jax.value_and_grad(_call(loss_fn, options, a, b, w))(a))(
-        xs, ys, ws
-    )
+    got = run(xs, ys, ws)
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(got[1], want[1], rtol=2e-5, atol=1e-7)
     assert jax.typeof(got[1]).sharding.spec[0] == AXIS
@@ -142,9 +143,9 @@ def test_lovasz_unreduced_values_keep_the_batch_sharding():
     x, y, _ = _data()
     want = jaxseg.lovasz_softmax_loss(x, y, per_image=True, reduction="none")
     xs, ys = _sharded(x, y)
-    got = jax.jit(lambda a, b: jaxseg.lovasz_softmax_loss(a, b, per_image=True, reduction="none"))(
-        xs, ys
-    )
+    got = peers.jit(
+        lambda a, b: jaxseg.lovasz_softmax_loss(a, b, per_image=True, reduction="none")
+    )(xs, ys)
     assert got.shape == (16, 3)
     assert jax.typeof(got).sharding.spec[0] == AXIS
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
@@ -161,7 +162,7 @@ def test_lovasz_with_explicit_sharding_outside_jit_and_over_spatial_axes():
     ys = jax.device_put(y, NamedSharding(mesh, P("a", "b")))
     for per_image in (False, True):
         want = jaxseg.lovasz_softmax_loss(x, y, per_image=per_image)
-        got = jax.jit(lambda a, b, p=per_image: jaxseg.lovasz_softmax_loss(a, b, per_image=p))(
+        got = peers.jit(lambda a, b, p=per_image: jaxseg.lovasz_softmax_loss(a, b, per_image=p))(
             xs, ys
         )
         np.testing.assert_allclose(got, want, rtol=2e-5)
@@ -222,7 +223,7 @@ METRICS = {
 def test_metrics_under_explicit_sharding(name):
     p, y = _metric_data()
     want = METRICS[name](p, y)
-    got = jax.jit(METRICS[name])(*_sharded(p, y))
+    got = peers.jit(METRICS[name])(*_sharded(p, y))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-6)
 
@@ -243,7 +244,7 @@ def test_deep_supervision_under_explicit_sharding():
     pyramid = [x, x[:, ::2, ::2]]
     loss = jaxseg.deep_supervision(jaxseg.dice_ce)
     want = jax.value_and_grad(lambda ps: loss(ps, y))(pyramid)
-    got = jax.jit(jax.value_and_grad(lambda ps, b: loss(ps, b)))(_sharded(*pyramid), *_sharded(y))
+    got = peers.jit(jax.value_and_grad(lambda ps, b: loss(ps, b)))(_sharded(*pyramid), *_sharded(y))
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5)
     for g, w in zip(got[1], want[1], strict=True):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-7)
