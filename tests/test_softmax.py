@@ -111,7 +111,9 @@ def test_terms_and_their_derivatives_match_float64(shape):
 def test_log1m_p_has_no_cancellation_near_one_half_and_one(num_classes):
     # Margins from a tie (p_y <= 1/2, ties with the label) through p_y just above 1/2 to
     # p_y = 1 - 1e-30: log(1 - p_y) against float64 from the other classes' terms.
-    margins = np.array([0.0, 0.0, 1e-4, 0.5, np.log(num_classes - 1.0), 1.0, 5.0, 20.0, 69.0])
+    margins = np.array(
+        [0.0, 0.0, 0.0, 1e-4, 0.5, np.log(num_classes - 1.0), 1.0, 5.0, 20.0, 69.0, 1e-7]
+    )
     rows = len(margins)
     rng = np.random.default_rng(num_classes)
     x = rng.normal(size=(rows, num_classes)) * 0.1
@@ -120,7 +122,13 @@ def test_log1m_p_has_no_cancellation_near_one_half_and_one(num_classes):
     others[np.arange(rows), y] = False
     x[np.arange(rows), y] = x[others].reshape(rows, -1).max(-1) + margins
     x[1, (y[1] + 1) % num_classes] = x[1, y[1]]  # a tie with the label
+    x[2, (y[2] + 1) % num_classes] = x[2, (y[2] + 2) % num_classes] = x[2, y[2]]  # 3-way
     x = x.astype(np.float32)
+    # The last row's label leads the runner-up by 1e-8, so that e of the runner-up
+    # rounds to 1 (two terms equal to 1; p_y just above one half).
+    x[-1] = -np.abs(x[-1]) - 0.5
+    x[-1, y[-1]], x[-1, (y[-1] + 1) % num_classes] = 1e-8, 0.0
+    assert np.exp(np.float32(-1e-8)) == 1
     x64 = x.astype(np.float64)
     top = x64.max(-1, keepdims=True)
     e = np.exp(x64 - top)
@@ -131,6 +139,21 @@ def test_log1m_p_has_no_cancellation_near_one_half_and_one(num_classes):
     )  # fmt: skip
     np.testing.assert_allclose(np.asarray(t.log1m_p[0]), want, rtol=1e-5, atol=1e-6)
     assert np.all(np.isfinite(np.asarray(t.log1m_p)))
+
+
+@pytest.mark.parametrize("num_classes", [3, 8, 117])
+@pytest.mark.parametrize("name", ["dice", "cross_entropy", "focal", "dice_focal"])
+def test_a_nan_logit_makes_the_loss_nan(name, num_classes):
+    # One NaN logit must not vanish from the sums over classes (the focal split sums
+    # count the terms equal to 1 apart), at every class count.
+    loss, options = SOFTMAX_LOSSES[name]
+    rng = np.random.default_rng(num_classes)
+    x = rng.normal(size=(2, 4, 4, num_classes)).astype(np.float32)
+    y = rng.integers(0, num_classes, size=(2, 4, 4))
+    x[1, 2, 3, (y[1, 2, 3] + 1) % num_classes] = np.nan
+    value, grad = jax.value_and_grad(lambda a: loss(a, y, **options))(jnp.asarray(x))
+    assert np.isnan(float(value))
+    assert np.isnan(np.asarray(grad)[1, 2, 3]).any()
 
 
 def test_dice_ce_computes_the_softmax_pass_once():
