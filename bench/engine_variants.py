@@ -20,13 +20,13 @@ import jaxseg
 from jaxseg import _softmax as S
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def engine_vjp(x, y, v, weights, overlap):
-    return S._forward(x, y, v, weights, overlap)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def engine_vjp(x, top, y, v, weights, smooth, overlap):
+    return S._forward(x, top, y, v, weights, smooth, overlap)[0]
 
 
-def fwd(x, y, v, weights, overlap):
-    out, f = S._forward(x, y, v, weights, overlap)
+def fwd(x, top, y, v, weights, smooth, overlap):
+    out, f = S._forward(x, top, y, v, weights, smooth, overlap)
     return out, (x, y, v, weights, f)
 
 
@@ -39,15 +39,18 @@ def bwd(overlap, res, g):
     p = S._softmax(x, f)
     a = g_lp - (f.p_y / f.rest) * g_l1m
     coef = a + jnp.sum(weights) * g_q
-    dx = weights.reshape(1, 1, -1) * g_q[..., None]
+    dx = S._row(weights, x.ndim) * g_q[..., None]
     if overlap:
-        a = a + v * f.p_y * jnp.take_along_axis(g_tp, y, axis=1)
-        coef = a + jnp.sum(weights) * g_q + v * jnp.einsum("bnc,bc->bn", p, g_pred)
-        dx = dx + p * v[..., None] * g_pred[:, None, :]
+        per_pixel = lambda a: a.reshape(y.shape)
+        a = a + v * f.p_y * per_pixel(jnp.take_along_axis(g_tp, S._pixels(y), axis=1))
+        p_g = per_pixel(jnp.einsum("bnc,bc->bn", S._cells(p), g_pred))
+        coef = a + jnp.sum(weights) * g_q + v * p_g
+        per_class = g_pred.reshape((g_pred.shape[0],) + (1,) * (x.ndim - 2) + (-1,))
+        dx = dx + p * v[..., None] * per_class
     dx = dx + jnp.where(S._hit(y, x.shape[-1]), a[..., None], 0) - p * coef[..., None]
     log_p = (x - f.top[..., None]) - f.log_s[..., None]
-    dw = jnp.einsum("bnc,bn->c", log_p, g_q)
-    return dx, None, None, dw
+    dw = jnp.sum(log_p * g_q[..., None], axis=tuple(range(x.ndim - 1)))
+    return dx, None, None, None, dw, None
 
 
 engine_vjp.defvjp(fwd, bwd)

@@ -216,6 +216,22 @@ def test_losses_are_exact_for_large_per_pixel_offsets(offset):
     assert_close(jaxseg.cross_entropy(equal, np.array([[0, 2]])), np.log(3.0))
 
 
+@pytest.mark.parametrize("num_classes", [3, 8, 117])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_logits_equal_the_reference_on_the_rounded_logits(dtype, num_classes):
+    # The engine takes the maximum of the half-precision logits before widening them:
+    # every loss equals its float64 reference on the same rounded logits, also for logits
+    # far from 0 and with ties at the maximum (rounding makes them common).
+    rng = np.random.default_rng(num_classes)
+    x = rng.normal(size=(2, 4, 3, num_classes)) * 3 + rng.choice([0.0, 200.0], (2, 4, 3, 1))
+    x = np.array(jnp.asarray(x, dtype).astype(jnp.float32))
+    x[0, 0, 0, :2] = x[0, 0, 0].max()  # a tie at the maximum
+    y = rng.integers(0, num_classes, size=(2, 4, 3))
+    half = jnp.asarray(x, dtype)
+    for name, (loss, options) in SOFTMAX_LOSSES.items():
+        assert_close(loss(half, y, **options), _reference_loss(name, x, y), rtol=2e-5, atol=2e-6)
+
+
 # ---------------------------------------------------------------------------------------
 # Forward-mode autodiff through every softmax loss
 
