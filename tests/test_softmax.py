@@ -228,7 +228,8 @@ def test_half_precision_logits_equal_the_reference_on_the_rounded_logits(dtype, 
     x[0, 0, 0, :2] = x[0, 0, 0].max()  # a tie at the maximum
     y = rng.integers(0, num_classes, size=(2, 4, 3))
     half = jnp.asarray(x, dtype)
-    for name, (loss, options) in SOFTMAX_LOSSES.items():
+    for name in ("dice", "cross_entropy", "focal", "dice_ce"):  # dice_ce widens in combine
+        loss, options = SOFTMAX_LOSSES[name]
         assert_close(loss(half, y, **options), _reference_loss(name, x, y), rtol=2e-5, atol=2e-6)
 
 
