@@ -252,6 +252,8 @@ def _split_sum(e: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     top = e >= 1
     below = jnp.where(top, 0, e)
     if _unrolled(e.shape[-1]):
+        # s summed directly: the slice sums are elementwise, and b + k measured slower at
+        # 4 classes (dice_focal 1.61x optax CE against 1.26x).
         return _class_sum(e), _class_sum(below), _class_sum(top.astype(jnp.int32))
     zeros = (jnp.zeros((), e.dtype), jnp.zeros((), jnp.int32))
     below, ones = jax.lax.reduce(
