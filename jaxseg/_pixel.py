@@ -84,12 +84,13 @@ def _focal_alpha(alpha, num_classes: int, dtype) -> jax.Array:
     return jnp.asarray(alpha, dtype)
 
 
-def _finish(loss, valid, norm, pixel_weights, *, activation, reduction, axis_name):
+def _finish(loss, valid, norm, pixel_weights, *, activation, reduction, axis_name, weight_sum=None):
     """Weighs, masks excluded pixels out and reduces ``loss`` with normaliser ``norm``.
 
     ``norm`` is the per-pixel weight of the mean (the label's class weight for softmax,
     None for sigmoid: each valid pixel-channel counts 1); ``pixel_weights`` multiply
-    both the loss and ``norm``.
+    both the loss and ``norm``. ``weight_sum``, when given, is the sum of ``norm`` over
+    the valid pixels, computed by the caller (see ``_softmax.label_weight_sum``).
     """
     if activation != "softmax":
         valid = valid[..., None]
@@ -101,7 +102,9 @@ def _finish(loss, valid, norm, pixel_weights, *, activation, reduction, axis_nam
         loss, norm = loss * pixel_weights, norm * pixel_weights
     loss = jnp.where(valid, loss, 0)
     norm = jnp.where(valid, norm, 0)
-    return _reduce.weighted_reduce(loss, norm.astype(loss.dtype), reduction, axis_name)
+    return _reduce.weighted_reduce(
+        loss, norm.astype(loss.dtype), reduction, axis_name, weight_sum=weight_sum
+    )
 
 
 def _label_weight(values, labels, dtype):
@@ -109,6 +112,13 @@ def _label_weight(values, labels, dtype):
     if values is None:
         return jnp.ones((), dtype)
     return _softmax.label_gather(values.astype(dtype), labels)
+
+
+def _weight_sum(labels, valid, class_weights, pixel_weights, num_classes, dtype):
+    """The engine's ``sum_i v_i w_{y_i}``, or None with pixel weights (``_finish`` sums them)."""
+    if pixel_weights is not None:
+        return None
+    return _softmax.label_weight_sum(labels, valid, class_weights, num_classes, dtype)
 
 
 def _pixel_terms(logits, labels, where, class_weights, ignore_index, smooth=False):
@@ -153,7 +163,15 @@ def _cross_entropy(
             -(1 - label_smoothing) * weight_y * terms.log_p
             - (label_smoothing / num_classes) * terms.weighted_log_p
         )
-        return finish(loss, valid, jnp.broadcast_to(weight_y, loss.shape), pixel_weights)
+        return finish(
+            loss,
+            valid,
+            jnp.broadcast_to(weight_y, loss.shape),
+            pixel_weights,
+            weight_sum=_weight_sum(
+                labels, valid, class_weights, pixel_weights, num_classes, loss.dtype
+            ),
+        )
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
     )
@@ -200,7 +218,15 @@ def _focal_loss(
         # (1 - p_y)^gamma = exp(gamma log(1 - p_y)): gamma = 0 is the cross-entropy.
         modulator = jnp.exp(gamma * terms.log1m_p)
         loss = -alpha_y * weight_y * modulator * terms.log_p
-        return finish(loss, valid, jnp.broadcast_to(weight_y, loss.shape), pixel_weights)
+        return finish(
+            loss,
+            valid,
+            jnp.broadcast_to(weight_y, loss.shape),
+            pixel_weights,
+            weight_sum=_weight_sum(
+                labels, valid, class_weights, pixel_weights, num_classes, loss.dtype
+            ),
+        )
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
     )

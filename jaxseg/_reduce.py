@@ -25,6 +25,8 @@ def weighted_reduce(
     weights: jax.Array,
     reduction: str,
     axis_name: str | tuple[str, ...] | None,
+    *,
+    weight_sum: jax.Array | None = None,
 ) -> jax.Array:
     """Reduces ``values`` as ``reduction`` asks.
 
@@ -33,11 +35,14 @@ def weighted_reduce(
       weights: the weights (broadcastable to ``values``); the normaliser of the mean.
       reduction: ``"mean"`` (``sum(values) / sum(weights)``), ``"sum"`` or ``"none"``.
       axis_name: mapped axes whose shards the sums run over (not for ``"none"``).
+      weight_sum: ``sum(weights)`` when the caller has it (then ``weights`` is unused).
     """
     if reduction == "none":
         return values
     total = _stats.psum(jnp.sum(values), axis_name)
     if reduction == "sum":
         return total
-    norm = _stats.psum(jnp.sum(jnp.broadcast_to(weights, values.shape)), axis_name)
+    if weight_sum is None:
+        weight_sum = jnp.sum(jnp.broadcast_to(weights, values.shape))
+    norm = _stats.psum(weight_sum, axis_name)
     return safe_divide(total, norm.astype(total.dtype))

@@ -78,26 +78,24 @@ when the cross-entropy asks for it (``smooth``, traced: ``label_smoothing != 0``
 losses ask for the per-pixel values only (``overlap=False``); XLA drops the outputs a
 loss does not use.
 
-Few classes (at most ``MAX_UNROLLED_CLASSES``, 5): the same formulas, with the class
+Few classes (at most ``MAX_UNROLLED_CLASSES``, 7): the same formulas, with the class
 axis unrolled. The per-pixel reductions over classes (``m``, ``s``, ``x_y`` as a select
-summed over the class slices, the focal sum, ``q``) are elementwise operations on the
-``C`` class slices, and ``pred_sum``, ``tp`` and the label counts are per-class (masked)
-sums taken in one variadic ``lax.reduce`` over the pixels (primal values only; the
-tangent rule is unchanged: ``d pred`` a matrix-vector product, ``d tp`` a segment sum).
-There ``p`` is recomputed from ``x`` where it is needed (an exponential per class
-slice, fused into each loop), and the per-class sums read it as the gradient loop
-computes it: with ``e`` and ``v / s`` there instead, ``dice_ce`` stored 1.25x the logits
-rather than 1.75x at 4 classes, but the two roundings of ``p`` made the gradients of a
-masked batch and of the same batch sliced differ at saturated softmax
-(``tests/test_properties.py::test_masked_equals_sliced``). XLA's CPU backend hands a ``jnp.sum`` /
-``jnp.max`` over the class axis to a library reduction ("ynn_fusion" in the compiled
-HLO) that needs its operand stored: ``x - m``, a copy of the logits, and a plane per
-reduction input; the segment sums store an index plane and a values plane. Measured on
-``(8, 256, 256, 4)`` float32 ``jit(value_and_grad)``, temporary memory as a multiple of
-the logits' bytes, unrolled / not: ``dice_ce`` 1.75 / 3.00, ``cross_entropy`` 0.50 /
-1.25 (and the cutoff's comment). Above the cutoff
-unrolling loses (19 classes: ``cross_entropy`` 2.05x against 0.26x, and slower); the
-constant's comment gives the measurements behind the cutoff.
+summed over the class slices, ``q``) are elementwise operations on the ``C`` class
+slices; ``pred_sum``, ``tp`` and the label counts are per-class (masked) sums taken in
+one variadic ``lax.reduce`` over the pixels (primal values only), and in the tangent
+rule per-class pixel sums of class slices (``_linear_sums``), whose transposes are
+elementwise and fuse into the gradient loop. ``e`` is stored and read as above the
+cutoff, and the tangent of ``pred_sum`` divides by ``s`` where it could multiply by
+``1 / s``, so that XLA writes the gradient over ``e`` (``_tangent`` gives the
+measurement). XLA's CPU backend hands a ``jnp.sum`` / ``jnp.max`` over the class axis to
+a library reduction ("ynn_fusion" in the compiled HLO) that needs its operand stored
+(``x - m``, a copy of the logits, and a plane per reduction input), and any reduction of
+a masked plane stores the plane; the segment sums store an index plane and a values
+plane. So the normaliser of the cross-entropy's and focal loss's mean comes from the
+label counts too (:func:`label_weight_sum`). Measured on ``(8, 256, 256, 4)`` float32
+``jit(value_and_grad)``, temporary memory as a multiple of the logits' bytes, unrolled /
+not: ``dice_ce`` 1.00 / 3.00, ``cross_entropy`` 0.50 / 1.00. The constant's comment
+gives the measurements behind the cutoff.
 
 Derivatives
 -----------
@@ -185,21 +183,24 @@ class SoftmaxTerms(NamedTuple):
     weighted_log_p: jax.Array
 
 
-# Up to this many classes the class axis is unrolled (see the module docstring, "Few
-# classes"). Measured with this engine, jit(value_and_grad), about 8 MiB of float32
-# logits, CPU time over optax CE (interleaved, same process) and temporary memory over the
-# logits, for dice_ce / cross_entropy / dice_loss / focal_loss / dice_focal, with the
-# cutoff at 3, 5 (this) and 8:
-#   4 classes: time 1.19/0.54/1.07/1.01/2.52, 1.07/0.52/0.91/0.81/1.13 (cutoff 5);
-#              memory 2.75/0.50/2.50/2.50/4.25, 1.75/0.50/1.75/1.25/2.50 (cutoff 5)
-#   5 classes: time 1.34/0.58/1.27/1.10/1.75, 1.27/0.57/1.21/0.91/1.28 (cutoff 5);
-#              memory 2.40/0.40/2.20/2.20/3.60, 1.60/0.40/1.60/1.00/2.20 (cutoff 5)
-#   8 classes: time 1.80/0.85/1.47/1.36/2.32 (cutoff 8), 1.30/0.67/1.16/1.22/1.69;
-#              memory 0.63/0.25/0.63/0.63/1.00 (cutoff 8), 1.88/0.25/1.75/1.75/2.63
-# (The cutoff-5 times were taken with the unrolled per-class sums over e and v / s; see
-# the module docstring.) Unrolled wins on both at 4 and 5 classes; at 8 it stores less
-# but is 1.2-1.4x slower.
-MAX_UNROLLED_CLASSES = 5
+# Up to this many classes the class axis is unrolled (module docstring, "Few classes").
+# Measured with this engine, jit(value_and_grad), about 8 MiB of float32 logits, CPU time
+# over optax CE (interleaved, same process) and temporary memory over the logits, for
+# cross_entropy / dice_loss / dice_ce / focal_loss / dice_focal, with the cutoff below
+# and at or above the class count:
+#   6 classes: time 0.61/1.18/1.44/0.74/1.33 (generic), 0.41/0.64/0.80/0.86/1.26 (unrolled);
+#              memory 0.67/2.00/2.33/1.33/3.00, 0.33/0.50/0.67/0.83/1.17
+#   7 classes: time 0.64/1.13/1.52/0.87/1.34, 0.46/0.73/0.87/0.86/1.26;
+#              memory 0.57/1.86/2.14/1.14/2.71, 0.29/0.43/0.57/0.71/1.00
+#   8 classes: time 0.71/1.08/1.05/0.82/1.14, 0.54/0.75/1.00/1.01/1.57;
+#              memory 0.50/1.75/2.00/1.00/2.50, 0.25/0.50/0.63/0.63/1.00
+#   cross_entropy / dice_ce / focal_loss / dice_focal time, generic then unrolled:
+#   10 classes 0.82/1.17/0.97/1.26, 0.82/1.51/1.39/2.08; 12 classes 0.86/1.15/0.91/1.22,
+#   0.90/1.64/1.53/2.24; 16 classes 0.88/1.26/1.03/1.27, 1.78/3.26/4.28/5.67.
+# Unrolled stores less at every count up to 12; it is faster up to 7 classes
+# (focal_loss within 0.12), and from 8 classes the focal terms, from 10 every compound,
+# lose time.
+MAX_UNROLLED_CLASSES = 7
 
 
 def _pixels(a: jax.Array) -> jax.Array:
@@ -311,22 +312,43 @@ def _label_sums(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.A
     return _segment_sum(values, labels, num_classes)
 
 
-def _overlap_sums(p: jax.Array, v: jax.Array, tp_values: jax.Array, labels: jax.Array):
-    """``pred_sum = sum_i v_i p_ic`` and ``tp = sum_{i: y_i = c} tp_values_i``.
+def _overlap_sums(e: jax.Array, u: jax.Array, tp_values: jax.Array, labels: jax.Array):
+    """``pred_sum = sum_i u_i e_ic`` and ``tp = sum_{i: y_i = c} tp_values_i`` (primal).
 
     Up to the cutoff in one variadic reduction; above it a matrix-vector product (one
-    read of ``p``: XLA's CPU backend runs it on its dot path, see the module docstring)
+    read of ``e``: XLA's CPU backend runs it on its dot path, see the module docstring)
     and a segment sum.
     """
-    num_classes = p.shape[-1]
+    num_classes = e.shape[-1]
     if _unrolled(num_classes):
-        zero = jnp.zeros((), v.dtype)
+        zero = jnp.zeros((), u.dtype)
         sums = _pixel_sums(
-            [v * p[..., c] for c in range(num_classes)]
+            [u * e[..., c] for c in range(num_classes)]
             + [jnp.where(labels == c, tp_values, zero) for c in range(num_classes)]
         )
         return jnp.stack(sums[:num_classes], axis=1), jnp.stack(sums[num_classes:], axis=1)
-    return _dot(p, v), _segment_sum(tp_values, labels, num_classes)
+    return _dot(e, u), _segment_sum(tp_values, labels, num_classes)
+
+
+def _linear_sums(e: jax.Array, u: jax.Array, tp_values: jax.Array, labels: jax.Array):
+    """The sums of :func:`_overlap_sums` in forms that JAX transposes (the tangent rule).
+
+    Above the cutoff the same matrix-vector product and segment sum (transposes: a
+    matrix-vector product and a gather). Up to it, per class, a pixel sum of a class
+    slice times ``u`` and a pixel sum of ``tp_values`` where the label is the class:
+    their transposes are elementwise (a sum of the ``C`` slices times the cotangents, a
+    select of the cotangent by the label), which XLA fuses into the gradient loop. With
+    the matrix-vector product and the gather there instead, ``dice_loss`` at
+    ``(8, 256, 256, 4)`` took 0.90x optax CE's time and 1.75x the logits of temporary
+    memory, against 0.75x and 1.26x.
+    """
+    num_classes = e.shape[-1]
+    if not _unrolled(num_classes):
+        return _dot(e, u), _segment_sum(tp_values, labels, num_classes)
+    e, u, tp_values, labels = _cells(e), _pixels(u), _pixels(tp_values), _pixels(labels)
+    pred = [jnp.sum(u * e[..., c], axis=1) for c in range(num_classes)]
+    tp = [jnp.sum(jnp.where(labels == c, tp_values, 0), axis=1) for c in range(num_classes)]
+    return jnp.stack(pred, axis=1), jnp.stack(tp, axis=1)
 
 
 class _Pass(NamedTuple):
@@ -338,6 +360,7 @@ class _Pass(NamedTuple):
     p_y: jax.Array
     rest: jax.Array  # 1 - p_y, floored at the smallest normal float
     weighted: jax.Array  # sum_c w_c log p_c
+    s: jax.Array  # sum_c e^(x_c - m)
     inv_s: jax.Array  # 1 / s
     e: jax.Array  # (b, n, C) e^(x_c - m)
 
@@ -372,26 +395,7 @@ def _pass(x, top, y, weights, smooth) -> _Pass:
         lambda: _class_sum(z * _row(weights, x.ndim)) - jnp.sum(weights) * log_s,
         lambda: jnp.zeros_like(log_s),
     )
-    return _Pass(top, log_s, log_p, p_y, rest, weighted, 1 / s, e)
-
-
-def _softmax(x, f: _Pass) -> jax.Array:
-    """``p = e / s``; up to the cutoff recomputed from ``x`` (fused into the class slices)."""
-    if _unrolled(x.shape[-1]):
-        return jnp.exp((x - f.top[..., None]) - f.log_s[..., None])
-    return f.e * f.inv_s[..., None]
-
-
-def _p_times(x, f: _Pass, u: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(a, t)`` with ``a_ic t_i = p_ic u_i``, for the per-class sums ``sum_i u_i p_ic``.
-
-    Above the cutoff ``(e, u / s)``: the matrix-vector product reads the stored ``e`` (a
-    stored ``p`` would be a second array). Up to it ``(p, u)``, ``p`` as the gradient loop
-    computes it, so that both see the same rounding of ``p``.
-    """
-    if _unrolled(x.shape[-1]):
-        return _softmax(x, f), u
-    return f.e, u * f.inv_s
+    return _Pass(top, log_s, log_p, p_y, rest, weighted, s, 1 / s, e)
 
 
 def _forward(x, top, y, v, weights, smooth, overlap: bool):
@@ -399,7 +403,7 @@ def _forward(x, top, y, v, weights, smooth, overlap: bool):
     pixel = (f.log_p, jnp.log(f.rest), f.weighted)
     if not overlap:
         return pixel, f
-    pred_sum, tp = _overlap_sums(*_p_times(x, f, v), v * f.p_y, y)
+    pred_sum, tp = _overlap_sums(f.e, v * f.inv_s, v * f.p_y, y)
     return (pred_sum, tp, *pixel), f
 
 
@@ -411,7 +415,7 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
     """
     num_classes = x.shape[-1]
     w = _row(weights, x.ndim)
-    p = _softmax(x, f)
+    p = f.e * f.inv_s[..., None]
     dot = jnp.sum(p * dx, axis=-1)
     dx_y = jnp.sum(jnp.where(_hit(y, num_classes), dx, 0), axis=-1)
     w_dx = jnp.sum(dx * w, axis=-1)
@@ -425,8 +429,22 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
     pixel = (d_log_p, d_log1m, d_weighted)
     if not overlap:
         return pixel
-    d_pred = jnp.sum(_cells(p * dx * v[..., None]), axis=1) - _dot(*_p_times(x, f, v * dot))
-    d_tp = _segment_sum(v * f.p_y * d_log_p, y, num_classes)
+    # d pred_c = sum_i v_i p_ic (dx_ic - dot_i), the second term as sum_i u_i e_ic. Up to
+    # the cutoff u = v dot / s, divided by s rather than multiplied by 1 / s: transposed,
+    # sum_c e_ic g_c / s_i then ends in a division, which XLA does not recompute for each
+    # class of the gradient loop; it becomes a per-pixel plane, the loop reads e only at
+    # the index it writes, and XLA writes the gradient over e. Measured at
+    # (8, 256, 256, 4), temporary memory over the logits, multiplied / divided: dice_loss
+    # 1.51x / 0.75x, dice_ce 1.75x / 1.00x, dice_focal 2.50x / 1.75x (time within this
+    # machine's noise: 0.55x / 0.50x, 0.62x / 0.64x optax CE). Above the cutoff the
+    # matrix-vector product's output is a plane either way, and the multiply measured
+    # 2-4% faster (8, 19, 117 classes; dice_loss 1.75x against 1.88x the logits at 8).
+    if _unrolled(num_classes):
+        u = v * dot / f.s
+    else:
+        u = v * dot * f.inv_s
+    d_pred_e, d_tp = _linear_sums(f.e, u, v * f.p_y * d_log_p, y)
+    d_pred = jnp.sum(_cells(p * dx * v[..., None]), axis=1) - d_pred_e
     return (d_pred, d_tp, *pixel)
 
 
@@ -539,3 +557,26 @@ def overlap_stats(terms: SoftmaxTerms) -> OverlapStats:
 def label_gather(values: jax.Array, labels: jax.Array) -> jax.Array:
     """``values[y]`` per pixel for a ``(classes,)`` vector (labels clipped into range)."""
     return jnp.take(values, labels.astype(jnp.int32), mode="clip")
+
+
+def label_weight_sum(
+    labels: jax.Array, valid: jax.Array, class_weights: jax.Array | None, num_classes: int, dtype
+) -> jax.Array:
+    """``sum_i v_i w_{y_i}``: the normaliser of the cross-entropy's and focal loss's mean.
+
+    Up to the cutoff from the per-class label counts, ``sum_c w_c n_c``: one variadic
+    reduction over the labels, computed in place, where a sum of the gathered weights
+    is a plane that XLA stores (measured, ``(8, 362, 362, 2)``: ``cross_entropy`` 1.5x
+    / 1.0x the logits of temporary memory and 0.20x / 0.12x optax CE's time, plane /
+    counts; ``dice_ce`` shares the counts with its Dice term). Above it the plane (1/C of
+    the logits; the counts' segment sum measured 3-8% slower at 8-117 classes). Exact in
+    the class weights: their derivative is the counts.
+    """
+    y = jnp.clip(labels.astype(jnp.int32), 0, num_classes - 1)
+    if _unrolled(num_classes):
+        counts = jnp.sum(_label_sums(valid.astype(jnp.int32), y, num_classes), axis=0)
+        if class_weights is None:
+            return jnp.sum(counts).astype(dtype)
+        return jnp.sum(counts.astype(dtype) * class_weights.astype(dtype))
+    weight = jnp.ones((), dtype) if class_weights is None else label_gather(class_weights, y)
+    return jnp.sum(jnp.where(valid, weight.astype(dtype), 0))

@@ -53,7 +53,7 @@ def _float_outputs(terms):
     return tuple(t for i, t in enumerate(terms) if i != 2)  # without the int counts
 
 
-@pytest.mark.parametrize("shape", [(2, 11, 2), (2, 4, 3, 2, 19), (2, 5, 117)])
+@pytest.mark.parametrize("shape", [(2, 11, 2), (2, 5, 3, 7), (2, 4, 3, 2, 19), (2, 5, 117)])
 def test_terms_and_their_derivatives_match_float64(shape):
     rng = np.random.default_rng(sum(shape))
     num_classes = shape[-1]
@@ -455,7 +455,7 @@ def _many_class_data(num_classes):
     return x, y
 
 
-@pytest.mark.parametrize("num_classes", [8, 19, 117])
+@pytest.mark.parametrize("num_classes", [7, 8, 19, 117])
 def test_many_classes_match_monai_torch_and_optax(num_classes):
     x, y = _many_class_data(num_classes)
     w = np.linspace(0.5, 2.0, num_classes)
