@@ -114,11 +114,21 @@ def _label_weight(values, labels, dtype):
     return _softmax.label_gather(values.astype(dtype), labels)
 
 
-def _weight_sum(labels, valid, class_weights, pixel_weights, num_classes, dtype):
-    """The engine's ``sum_i v_i w_{y_i}``, or None with pixel weights (``_finish`` sums them)."""
-    if pixel_weights is not None:
-        return None
-    return _softmax.label_weight_sum(labels, valid, class_weights, num_classes, dtype)
+def _finish_engine(
+    finish, loss, labels, valid, weight_y, class_weights, pixel_weights, num_classes
+):
+    """``finish`` for a loss on the engine's terms.
+
+    The normaliser is the label's class weight; without pixel weights its sum comes from
+    ``_softmax.label_weight_sum``.
+    """
+    weight_sum = None
+    if pixel_weights is None:
+        weight_sum = _softmax.label_weight_sum(
+            labels, valid, class_weights, num_classes, loss.dtype
+        )
+    norm = jnp.broadcast_to(weight_y, loss.shape)
+    return finish(loss, valid, norm, pixel_weights, weight_sum=weight_sum)
 
 
 def _pixel_terms(logits, labels, where, class_weights, ignore_index, smooth=False):
@@ -163,14 +173,8 @@ def _cross_entropy(
             -(1 - label_smoothing) * weight_y * terms.log_p
             - (label_smoothing / num_classes) * terms.weighted_log_p
         )
-        return finish(
-            loss,
-            valid,
-            jnp.broadcast_to(weight_y, loss.shape),
-            pixel_weights,
-            weight_sum=_weight_sum(
-                labels, valid, class_weights, pixel_weights, num_classes, loss.dtype
-            ),
+        return _finish_engine(
+            finish, loss, labels, valid, weight_y, class_weights, pixel_weights, num_classes
         )
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
@@ -218,14 +222,8 @@ def _focal_loss(
         # (1 - p_y)^gamma = exp(gamma log(1 - p_y)): gamma = 0 is the cross-entropy.
         modulator = jnp.exp(gamma * terms.log1m_p)
         loss = -alpha_y * weight_y * modulator * terms.log_p
-        return finish(
-            loss,
-            valid,
-            jnp.broadcast_to(weight_y, loss.shape),
-            pixel_weights,
-            weight_sum=_weight_sum(
-                labels, valid, class_weights, pixel_weights, num_classes, loss.dtype
-            ),
+        return _finish_engine(
+            finish, loss, labels, valid, weight_y, class_weights, pixel_weights, num_classes
         )
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
