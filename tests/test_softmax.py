@@ -293,6 +293,20 @@ OPTION_CASES = {
         [1.0, 0.3, 2.0],
         lambda x, y, u: ref.cross_entropy(x, y, class_weights=u),
     ),
+    # Nine classes: above the engine's cutoff the normaliser is a sum of gathered weights,
+    # below it a sum over the label counts (_softmax.label_weight_sum).
+    "ce_class_weights_9_classes": (
+        jaxseg.cross_entropy,
+        "class_weights",
+        [1.0, 0.3, 2.0, 0.5, 1.5, 0.8, 1.2, 0.4, 2.5],
+        lambda x, y, u: ref.cross_entropy(x, y, class_weights=u),
+    ),
+    "focal_class_weights_9_classes": (
+        jaxseg.focal_loss,
+        "class_weights",
+        [1.0, 0.3, 2.0, 0.5, 1.5, 0.8, 1.2, 0.4, 2.5],
+        lambda x, y, u: ref.focal_loss(x, y, class_weights=u),
+    ),
     "ce_class_weights_smoothing": (
         functools.partial(jaxseg.cross_entropy, label_smoothing=0.2),
         "class_weights",
@@ -347,8 +361,9 @@ OPTION_CASES = {
 @pytest.mark.parametrize("case", sorted(OPTION_CASES))
 def test_option_gradient_matches_float64_finite_differences(case):
     loss, option, value, reference = OPTION_CASES[case]
-    x = ref.random_logits(2, 3, seed=11, shape=(2, 5, 4))
-    y = ref.random_labels(2, 3, seed=12, shape=(2, 5, 4))
+    num_classes = 9 if case.endswith("_9_classes") else 3
+    x = ref.random_logits(2, num_classes, seed=11, shape=(2, 5, 4))
+    y = ref.random_labels(2, num_classes, seed=12, shape=(2, 5, 4))
     grad = peers.jit(jax.grad(lambda u: loss(x, y, **{option: u})))(np.asarray(value, np.float32))
     numeric = _central(lambda u: reference(x.astype(np.float64), y, u), value)
     assert_close(grad, numeric, rtol=1e-4, atol=1e-5)
