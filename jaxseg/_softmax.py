@@ -312,12 +312,26 @@ def _label_sums(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.A
     return _segment_sum(values, labels, num_classes)
 
 
+def _clip_labels(labels: jax.Array, num_classes: int) -> jax.Array:
+    """Labels as int32 in ``[0, C)`` (the others are excluded by the validity mask)."""
+    return jnp.clip(labels.astype(jnp.int32), 0, num_classes - 1)
+
+
+def _label_counts(valid: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+    """``n_bc = sum_{i: y_i = c} v_i``: ``(batch, C)`` int32, for clipped ``labels``.
+
+    The Dice terms and the pixel losses' normaliser (:func:`label_weight_sum`) build it
+    with this one expression, so that ``dice_ce`` computes it once.
+    """
+    return _label_sums(valid.astype(jnp.int32), labels, num_classes)
+
+
 def _overlap_sums(e: jax.Array, u: jax.Array, tp_values: jax.Array, labels: jax.Array):
     """``pred_sum = sum_i u_i e_ic`` and ``tp = sum_{i: y_i = c} tp_values_i`` (primal).
 
     Up to the cutoff in one variadic reduction; above it a matrix-vector product (one
     read of ``e``: XLA's CPU backend runs it on its dot path, see the module docstring)
-    and a segment sum.
+    and a segment sum (those of :func:`_linear_sums`).
     """
     num_classes = e.shape[-1]
     if _unrolled(num_classes):
@@ -327,7 +341,7 @@ def _overlap_sums(e: jax.Array, u: jax.Array, tp_values: jax.Array, labels: jax.
             + [jnp.where(labels == c, tp_values, zero) for c in range(num_classes)]
         )
         return jnp.stack(sums[:num_classes], axis=1), jnp.stack(sums[num_classes:], axis=1)
-    return _dot(e, u), _segment_sum(tp_values, labels, num_classes)
+    return _linear_sums(e, u, tp_values, labels)
 
 
 def _linear_sums(e: jax.Array, u: jax.Array, tp_values: jax.Array, labels: jax.Array):
@@ -501,7 +515,7 @@ def softmax_terms(
     # widening it needs no float32 copy of the logits (XLA's CPU backend stores the
     # operand of a maximum over the class axis).
     top = jax.lax.stop_gradient(_class_max(logits)).astype(x.dtype)
-    y = jnp.clip(labels.astype(jnp.int32), 0, num_classes - 1)
+    y = _clip_labels(labels, num_classes)
     v = valid.astype(x.dtype)
     weights = weights.astype(x.dtype)
     out = _engine(x, top, y, v, weights, jnp.asarray(smooth, bool), overlap)
@@ -509,7 +523,7 @@ def softmax_terms(
     log_p, log1m_p, weighted = (pixel(a) for a in out[-3:])
     if not overlap:
         return SoftmaxTerms(None, None, None, log_p, log1m_p, weighted)
-    counts = _label_sums(valid.astype(jnp.int32), y, num_classes)
+    counts = _label_counts(valid, y, num_classes)
     return SoftmaxTerms(out[0], out[1], counts, log_p, log1m_p, weighted)
 
 
@@ -573,9 +587,9 @@ def label_weight_sum(
     the logits; the counts' segment sum measured 3-8% slower at 8-117 classes). Exact in
     the class weights: their derivative is the counts.
     """
-    y = jnp.clip(labels.astype(jnp.int32), 0, num_classes - 1)
+    y = _clip_labels(labels, num_classes)
     if _unrolled(num_classes):
-        counts = jnp.sum(_label_sums(valid.astype(jnp.int32), y, num_classes), axis=0)
+        counts = jnp.sum(_label_counts(valid, y, num_classes), axis=0)
         if class_weights is None:
             return jnp.sum(counts).astype(dtype)
         return jnp.sum(counts.astype(dtype) * class_weights.astype(dtype))
