@@ -38,18 +38,33 @@ exponentials per element), time over optax CE (CPU time, interleaved in one proc
 ``jit(value_and_grad)``, about 8 MiB of float32 logits), before / after:
 ``cross_entropy`` 1.04 / 0.91 at 19 classes, 1.93 / 0.93 at 117; ``dice_ce`` 1.58 /
 1.18 and 2.27 / 1.61; ``dice_loss`` 1.44 / 1.13 and 2.12 / 1.52; ``focal_loss``
-1.47 / 1.21 and 2.14 / 1.45. The stored ``e`` is 1.0x the logits of temporary memory
-where XLA cannot place it in the gradient's buffer: the overlap losses, whose
-matrix-vector products read ``e`` as ``(b, n, C)``, a bitcast of ``(b, *spatial, C)``
-(measured: the same program on ``(b, n, C)`` logits, no bitcast, writes the gradient
-over ``e`` and stores 0.03x; any bitcast of ``e`` or of the gradient, 1.03x).
+1.47 / 1.21 and 2.14 / 1.45. The stored ``e`` costs no temporary memory when XLA
+writes the gradient over it, and 1.0x the logits when it cannot. XLA (its buffer
+assignment: ``HloLiveRange::GetLastPosition`` and ``BufferAssigner::LiveRangeInterferes``)
+lets the gradient's loop write over ``e`` only if that loop reads ``e`` at the last
+scheduled position of ``e``'s value; a bitcast of ``e`` (a reshape that keeps the bytes,
+such as the ``(b, n, C)`` view of ``(b, *spatial, C)``) is such a position, so any
+bitcast of ``e`` read by another instruction keeps ``e`` apart, and so does a gradient
+loop that bitcasts its output.
 
-``pred`` is a matrix-vector product ``einsum("bnc,bn->bc", e, v / s)``: XLA's CPU
-backend runs it as a dot, one read of ``e``, where a reduction over the pixel axis with
-the class axis minor is a strided loop (measured, forward only, on 8 MiB of float32:
-8.0 ms against 32.8 ms for ``jnp.sum(p * v[..., None], axis=1)`` at 4 classes, 0.94 vs
-0.76 ms at 19, 0.74 vs 0.90 ms at 117; its transpose in the backward pass is a dot
-too). ``tp`` and ``n`` are segment sums of per-pixel values indexed by the label,
+``pred`` is a sum of matrix-vector products, ``sum_i (v_i / s_i) e_ic``, that read ``e``
+in its own shape (:func:`_dot`): one product per row of the last spatial axis (batch
+axes ``(b, *spatial[:-1])``), summed over the rows. XLA's CPU backend runs a dot as one
+read of ``e``, where a reduction over the pixel axes with the class axis minor is a
+strided loop or a library reduction (measured, forward only, on 8 MiB of float32: 0.60
+ms for the dot against 2.0 ms for ``jnp.sum(e * w[..., None], axis=(1, 2))`` at 19
+classes, 0.48 against 1.16 ms at 117); its transpose in the backward pass is a dot too.
+Per sample over the ``(b, n, C)`` view, the products are a little faster (0.58 / 0.61
+ms forward and 0.31 / 0.55 ms backward at 19 classes, 0.36 / 0.46 and 0.20 / 0.33 at
+117) but keep ``e`` apart; the engine uses them only where per-row products would not
+avoid a bitcast either (a batch or leading spatial axis of length 1, which XLA drops
+from a dot with a bitcast). Measured, ``jit(value_and_grad)``, interleaved in one
+process, temporary memory over the logits and time over optax CE, per sample / per
+row: ``dice_loss`` 1.32x / 0.42x and 1.15 / 1.21 at 19 classes, 1.09x / 0.13x and 1.30
+/ 1.18 at 64, 1.05x / 0.07x and 1.54 / 1.68 at 117; ``dice_ce`` 1.42x / 0.53x and 1.18
+/ 1.29, 1.13x / 0.16x and 1.58 / 1.49, 1.07x / 0.09x and 1.73 / 1.80.
+
+``tp`` and ``n`` are segment sums of per-pixel values indexed by the label,
 O(pixels) whatever the class count (a masked class-axis sum would be O(pixels x
 classes) and a float one-hot a copy of the logits). ``log p_y`` is a gather
 (``take_along_axis``) of ``x``.
@@ -219,8 +234,21 @@ def _row(w: jax.Array, ndim: int) -> jax.Array:
 
 
 def _dot(p: jax.Array, v: jax.Array) -> jax.Array:
-    """``sum_i v_i p_ic``: ``(b, C)``, a matrix-vector product per sample."""
-    return jnp.einsum("bnc,bn->bc", _cells(p), _pixels(v))
+    """``sum_i v_i p_ic``: ``(b, C)``, from matrix-vector products that read ``p`` as it is.
+
+    One product per row of the last spatial axis (batch axes ``(b, *spatial[:-1])``),
+    summed over the rows, where every one of those axes is longer than 1; otherwise one
+    product per sample over the ``(b, n, C)`` view. Why (module docstring): XLA writes
+    the gradient over ``e`` only when no bitcast of ``e`` is read; the ``(b, n, C)``
+    view is one, and so is dropping an axis of length 1, which XLA does to every dot
+    that has one, so there the per-row products would only be slower.
+    """
+    lead = p.shape[:-2]
+    if len(lead) == 1 or min(lead) == 1:
+        return jnp.einsum("bnc,bn->bc", _cells(p), _pixels(v))
+    batch = tuple(range(len(lead)))
+    rows = jax.lax.dot_general(p, v, (((len(lead),), (len(lead),)), (batch, batch)))
+    return jnp.sum(rows, axis=batch[1:])
 
 
 def _unrolled(num_classes: int) -> bool:
@@ -452,8 +480,9 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
     # (8, 256, 256, 4), temporary memory over the logits, multiplied / divided: dice_loss
     # 1.51x / 0.75x, dice_ce 1.75x / 1.00x, dice_focal 2.50x / 1.75x (time within this
     # machine's noise: 0.55x / 0.50x, 0.62x / 0.64x optax CE). Above the cutoff the
-    # matrix-vector product's output is a plane either way, and the multiply measured
-    # 2-4% faster (8, 19, 117 classes; dice_loss 1.75x against 1.88x the logits at 8).
+    # matrix-vector product's output is a plane either way, and the multiply stores one
+    # plane less (dice_loss 1.00x against 1.13x the logits at 8 classes, 0.42x against
+    # 0.47x at 19) and measured 2-4% faster (8, 19, 117 classes).
     if _unrolled(num_classes):
         u = v * dot / f.s
     else:

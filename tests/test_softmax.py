@@ -53,7 +53,13 @@ def _float_outputs(terms):
     return tuple(t for i, t in enumerate(terms) if i != 2)  # without the int counts
 
 
-@pytest.mark.parametrize("shape", [(2, 11, 2), (2, 5, 3, 7), (2, 4, 3, 2, 19), (2, 5, 117)])
+# Shapes: unrolled (2 and 7 classes); above the cutoff, the overlap sums' products per
+# row of the last spatial axis (4D and 5D with every leading axis longer than 1) and per
+# sample (3D logits, and a batch of 1).
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 11, 2), (2, 5, 3, 7), (3, 4, 5, 12), (2, 4, 3, 2, 19), (1, 4, 3, 12), (2, 5, 117)],
+)
 def test_terms_and_their_derivatives_match_float64(shape):
     rng = np.random.default_rng(sum(shape))
     num_classes = shape[-1]
