@@ -131,7 +131,7 @@ def _finish_engine(
     return finish(loss, valid, norm, pixel_weights, weight_sum=weight_sum)
 
 
-def _pixel_terms(logits, labels, where, class_weights, ignore_index, smooth=False):
+def _pixel_terms(logits, labels, where, class_weights, ignore_index, smooth=False, focal=False):
     """The engine's per-pixel terms, the validity mask and the label's class weight."""
     terms, valid = _softmax.terms_of(
         logits,
@@ -141,6 +141,7 @@ def _pixel_terms(logits, labels, where, class_weights, ignore_index, smooth=Fals
         class_weights=class_weights,
         overlap=False,
         smooth=smooth,
+        focal=focal,
     )
     return terms, valid, _label_weight(class_weights, labels, terms.log_p.dtype)
 
@@ -212,7 +213,9 @@ def _focal_loss(
         _finish, activation=activation, reduction=reduction, axis_name=axis_name
     )
     if _softmax.applies(activation, labels):
-        terms, valid, weight_y = _pixel_terms(logits, labels, where, class_weights, ignore_index)
+        terms, valid, weight_y = _pixel_terms(
+            logits, labels, where, class_weights, ignore_index, focal=True
+        )
         dtype = terms.log_p.dtype
         alpha_y = (
             1

@@ -44,8 +44,8 @@ def _reference_terms(x, y, v, w):
     )
 
 
-def _engine(x, y, v, w):
-    t = _softmax.softmax_terms(x, jnp.asarray(y), jnp.asarray(v), w)
+def _engine(x, y, v, w, focal=True):
+    t = _softmax.softmax_terms(x, jnp.asarray(y), jnp.asarray(v), w, focal=focal)
     return t.pred_sum, t.tp, t.log_p, t.log1m_p, t.weighted_log_p
 
 
@@ -60,7 +60,10 @@ def _float_outputs(terms):
     "shape",
     [(2, 11, 2), (2, 5, 3, 7), (3, 4, 5, 12), (2, 4, 3, 2, 19), (1, 4, 3, 12), (2, 5, 117)],
 )
-def test_terms_and_their_derivatives_match_float64(shape):
+# Without the focal factor (the cross-entropy and Dice losses) log1m_p is zeros and, above
+# the cutoff, s is a plain sum instead of the split one.
+@pytest.mark.parametrize("focal", [True, False])
+def test_terms_and_their_derivatives_match_float64(shape, focal):
     rng = np.random.default_rng(sum(shape))
     num_classes = shape[-1]
     x = (rng.normal(size=shape) * 3).astype(np.float32)
@@ -68,7 +71,9 @@ def test_terms_and_their_derivatives_match_float64(shape):
     v = rng.random(shape[:-1]) > 0.3
     w = rng.uniform(0.2, 2.0, size=num_classes).astype(np.float32)
     want = _reference_terms(x, y, v, w)
-    t = peers.jit(_softmax.softmax_terms)(x, y, v, w)
+    if not focal:
+        want = want[:4] + (np.zeros_like(want[4]),) + want[5:]
+    t = peers.jit(functools.partial(_softmax.softmax_terms, focal=focal))(x, y, v, w)
     assert t.label_sum.dtype == jnp.int32
     np.testing.assert_array_equal(t.label_sum, want[2])
     got = (t.pred_sum, t.tp, t.log_p, t.log1m_p, t.weighted_log_p)
@@ -89,12 +94,12 @@ def test_terms_and_their_derivatives_match_float64(shape):
             jnp.sum(vv * p, axes),
             jnp.sum(vv * p * onehot, axes),
             flat(jnp.log(p_y)),
-            flat(jnp.log1p(-p_y)),
+            flat(jnp.log1p(-p_y)) if focal else flat(jnp.zeros_like(p_y)),
             flat(jnp.sum(w.reshape((1,) * (x.ndim - 1) + (-1,)) * log_p, -1)),
         )
 
     def engine(x, w):
-        out = _engine(x, y, v, w)
+        out = _engine(x, y, v, w, focal)
         return out[:2] + tuple(a.reshape(a.shape[0], -1) for a in out[2:])
 
     def derivatives(f, x, w, dx, dw, cotangent):
