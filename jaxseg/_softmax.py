@@ -72,26 +72,28 @@ classes) and a float one-hot a copy of the logits). ``log p_y`` is a gather
 ``1 - p_y`` (the focal factor) never cancels: ``s`` is summed in two parts, the terms
 below 1 (``b``) and the number of terms equal to 1 (``k``, at least 1). When the label
 is the only class with ``e = 1``, the other classes are exactly those in ``b``, so
-``1 - p_y = b / s``; otherwise ``p_y <= 1/2`` and ``1 - p_y`` is at least 1/2. It is
-floored at the smallest normal float (below it ``log p_y`` and its derivative are 0
-too). Above the cutoff both parts come from one variadic reduction over the class axis
+``1 - p_y = b / s``; otherwise ``p_y <= 1/2`` and ``1 - p_y`` is at least 1/2. It is floored
+at the smallest normal float (below it ``log p_y`` and its derivative are 0 too). Above
+the cutoff both parts come from one variadic reduction over the class axis
 (``_split_sum``), which XLA compiles as one loop computing the masked terms in place,
-and every loss takes ``s`` from it, so the Dice and focal halves of ``dice_focal``
-share it. Measured against ``s`` as a ``jnp.sum`` plus the focal sum as a second one
-(which XLA's CPU backend hands to a library reduction that stores the masked terms
-first), CPU time over optax CE, interleaved, before / after: ``focal_loss`` 1.28 /
-1.04 at 19 classes and 1.62 / 1.04 at 117, ``dice_focal`` 1.55 / 1.40 and 2.25 / 1.64;
-``focal_loss`` temporary memory 1.32x / 0.42x and 1.05x / 0.07x the logits (no masked
-copy, so ``e`` goes in the gradient's buffer); ``dice_loss`` and ``cross_entropy``
-within noise (one more per-pixel int32 plane). A NaN logit stays in ``b`` (``e >= 1``
-is false for it), so it reaches ``s`` and the loss.
+and the focal loss takes ``s`` from it. Only the focal loss needs the split
+(``focal=True``): without it, from ``MIN_PLAIN_SUM_CLASSES`` (24) classes up, ``s`` is a
+plain ``jnp.sum``, a library reduction that is faster there (the constant's comment
+gives the measurements), and below that the split loop is the faster one. Measured
+against ``s`` as a ``jnp.sum`` plus the focal sum as a second one (which XLA's CPU
+backend hands to a library reduction that stores the masked terms first), CPU time over
+optax CE, interleaved, before / after: ``focal_loss`` 1.28 / 1.04 at 19 classes and 1.62
+/ 1.04 at 117, ``dice_focal`` 1.55 / 1.40 and 2.25 / 1.64; ``focal_loss`` temporary
+memory 1.32x / 0.42x and 1.05x / 0.07x the logits (no masked copy, so ``e`` goes in the
+gradient's buffer). A NaN logit stays in ``b`` (``e >= 1`` is false for it), so it
+reaches ``s`` and the loss.
 
 ``q`` (label smoothing) needs ``x - m`` stored for its reduction, so it is computed only
 when the cross-entropy asks for it (``smooth``, traced: ``label_smoothing != 0``, a
 ``lax.cond``): without it ``cross_entropy`` has 0.02x the logits of temporary memory at
 117 classes and 0.11x at 19 (1.04x and 1.26x with it). The cross-entropy and focal
-losses ask for the per-pixel values only (``overlap=False``); XLA drops the outputs a
-loss does not use.
+losses ask for the per-pixel values only (``overlap=False``), the focal loss alone for
+``log(1 - p_y)`` (``focal=True``); XLA drops the outputs a loss does not use.
 
 Few classes (at most ``MAX_UNROLLED_CLASSES``, 7): the same formulas, with the class
 axis unrolled. The per-pixel reductions over classes (``m``, ``s``, ``x_y`` as a select
