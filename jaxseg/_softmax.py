@@ -188,7 +188,8 @@ class SoftmaxTerms(NamedTuple):
       tp: ``(batch, classes)`` ``sum_{i: y_i = c} v p_iy``.
       label_sum: ``(batch, classes)`` int32 ``sum_{i: y_i = c} v``.
       log_p: ``(batch, *spatial)`` ``log p_y`` (label clipped into range; mask it).
-      log1m_p: ``(batch, *spatial)`` ``log(1 - p_y)`` (the focal factor's logarithm).
+      log1m_p: ``(batch, *spatial)`` ``log(1 - p_y)`` (the focal factor's logarithm;
+        zeros unless asked for with ``focal=True``).
       weighted_log_p: ``(batch, *spatial)`` ``sum_c w_c log p_c`` (label smoothing).
     """
 
