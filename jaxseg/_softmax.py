@@ -57,7 +57,7 @@ classes, 0.48 against 1.16 ms at 117); its transpose in the backward pass is a d
 Per sample over the ``(b, n, C)`` view, the products are a little faster (0.58 / 0.61
 ms forward and 0.31 / 0.55 ms backward at 19 classes, 0.36 / 0.46 and 0.20 / 0.33 at
 117) but keep ``e`` apart; the engine uses them only where per-row products would not
-avoid a bitcast either (a batch or leading spatial axis of length 1, which XLA drops
+avoid a bitcast either (a batch or spatial axis of length 1, which XLA drops
 from a dot with a bitcast). Measured, ``jit(value_and_grad)``, interleaved in one
 process, temporary memory over the logits and time over optax CE, per sample / per
 row: ``dice_loss`` 1.32x / 0.42x and 1.15 / 1.21 at 19 classes, 1.09x / 0.13x and 1.30
@@ -251,14 +251,14 @@ def _dot(p: jax.Array, v: jax.Array) -> jax.Array:
     """``sum_i v_i p_ic``: ``(b, C)``, from matrix-vector products that read ``p`` as it is.
 
     One product per row of the last spatial axis (batch axes ``(b, *spatial[:-1])``),
-    summed over the rows, where every one of those axes is longer than 1; otherwise one
-    product per sample over the ``(b, n, C)`` view. Why (module docstring): XLA writes
+    summed over the rows, where the batch and every spatial axis are longer than 1;
+    otherwise one product per sample over the ``(b, n, C)`` view. Why (module docstring): XLA writes
     the gradient over ``e`` only when no bitcast of ``e`` is read; the ``(b, n, C)``
     view is one, and so is dropping an axis of length 1, which XLA does to every dot
     that has one, so there the per-row products would only be slower.
     """
     lead = p.shape[:-2]
-    if len(lead) == 1 or min(lead) == 1:
+    if len(lead) == 1 or min(p.shape[:-1]) == 1:
         return jnp.einsum("bnc,bn->bc", _cells(p), _pixels(v))
     batch = tuple(range(len(lead)))
     rows = jax.lax.dot_general(p, v, (((len(lead),), (len(lead),)), (batch, batch)))

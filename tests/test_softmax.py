@@ -54,11 +54,19 @@ def _float_outputs(terms):
 
 
 # Shapes: unrolled (2 and 7 classes); above the cutoff, the overlap sums' products per
-# row of the last spatial axis (4D and 5D with every leading axis longer than 1) and per
-# sample (3D logits, and a batch of 1).
+# row of the last spatial axis (4D and 5D with every axis longer than 1) and per sample
+# (3D logits, a batch of 1, a last spatial axis of length 1).
 @pytest.mark.parametrize(
     "shape",
-    [(2, 11, 2), (2, 5, 3, 7), (3, 4, 5, 12), (2, 4, 3, 2, 19), (1, 4, 3, 12), (2, 5, 117)],
+    [
+        (2, 11, 2),
+        (2, 5, 3, 7),
+        (3, 4, 5, 12),
+        (2, 4, 3, 2, 19),
+        (1, 4, 3, 12),
+        (2, 5, 1, 12),
+        (2, 5, 117),
+    ],
 )
 # Without the focal factor (the cross-entropy and Dice losses) log1m_p is zeros and, above
 # the cutoff, s is a plain sum instead of the split one.
