@@ -218,17 +218,20 @@ def _reference_loss(name, x, y):
     return ref.overlap_loss("dice", x, y) + ref.focal_loss(x, y)
 
 
+# Classes: the unrolled path (5), per-row overlap products with the split sum (12), and
+# per-row products with the plain class sum (117).
+@pytest.mark.parametrize("num_classes", [5, 12, 117])
 @pytest.mark.parametrize("offset", [1e6, 1e8, 1e30])
-def test_losses_are_exact_for_large_per_pixel_offsets(offset):
+def test_losses_are_exact_for_large_per_pixel_offsets(offset, num_classes):
     """Logits shifted per pixel by up to ``offset``: every loss equals its float64
     reference on the same (float32) logits, which works relative to the pixel's max."""
     rng = np.random.default_rng(3)
-    base = ref.random_logits(2, 5, seed=4, shape=(2, 4, 3))
+    base = ref.random_logits(2, num_classes, seed=4, shape=(2, 4, 3))
     shift = offset * rng.uniform(0.5, 1.0, size=base.shape[:-1] + (1,))
     # Spread the logits by a few float32 spacings at the offset, so they stay distinct.
     spacing = np.spacing(np.float32(offset))
     x = (shift + base * spacing).astype(np.float32)
-    y = ref.random_labels(2, 5, seed=5, shape=(2, 4, 3))
+    y = ref.random_labels(2, num_classes, seed=5, shape=(2, 4, 3))
     for name, (loss, options) in SOFTMAX_LOSSES.items():
         assert_close(loss(x, y, **options), _reference_loss(name, x, y), rtol=2e-5, atol=2e-6)
     # Equal logits: every class has probability 1/3 whatever the offset.
