@@ -72,9 +72,9 @@ classes) and a float one-hot a copy of the logits). ``log p_y`` is a gather
 ``1 - p_y`` (the focal factor) never cancels: ``s`` is summed in two parts, the terms
 below 1 (``b``) and the number of terms equal to 1 (``k``, at least 1). When the label
 is the only class with ``e = 1``, the other classes are exactly those in ``b``, so
-``1 - p_y = b / s``; otherwise ``p_y <= 1/2`` and ``1 - p_y`` is at least 1/2. It is floored
-at the smallest normal float (below it ``log p_y`` and its derivative are 0 too). Above
-the cutoff both parts come from one variadic reduction over the class axis
+``1 - p_y = b / s``; otherwise ``p_y <= 1/2`` and ``1 - p_y`` is at least 1/2. It is
+floored at the smallest normal float (below it ``log p_y`` and its derivative are 0
+too). Above the cutoff both parts come from one variadic reduction over the class axis
 (``_split_sum``), which XLA compiles as one loop computing the masked terms in place,
 and the focal loss takes ``s`` from it. Only the focal loss needs the split
 (``focal=True``): without it, from ``MIN_PLAIN_SUM_CLASSES`` (24) classes up, ``s`` is a
@@ -252,16 +252,17 @@ def _dot(p: jax.Array, v: jax.Array) -> jax.Array:
 
     One product per row of the last spatial axis (batch axes ``(b, *spatial[:-1])``),
     summed over the rows, where the batch and every spatial axis are longer than 1;
-    otherwise one product per sample over the ``(b, n, C)`` view. Why (module docstring): XLA writes
-    the gradient over ``e`` only when no bitcast of ``e`` is read; the ``(b, n, C)``
-    view is one, and so is dropping an axis of length 1, which XLA does to every dot
-    that has one, so there the per-row products would only be slower.
+    otherwise one product per sample over the ``(b, n, C)`` view. Why (module
+    docstring): XLA writes the gradient over ``e`` only when no bitcast of ``e`` is
+    read; the ``(b, n, C)`` view is one, and so is dropping an axis of length 1, which
+    XLA does to every dot that has one, so there the per-row products would only be
+    slower.
     """
-    lead = p.shape[:-2]
-    if len(lead) == 1 or min(p.shape[:-1]) == 1:
+    if p.ndim == 3 or min(p.shape[:-1]) == 1:
         return jnp.einsum("bnc,bn->bc", _cells(p), _pixels(v))
-    batch = tuple(range(len(lead)))
-    rows = jax.lax.dot_general(p, v, (((len(lead),), (len(lead),)), (batch, batch)))
+    row_axis = p.ndim - 2
+    batch = tuple(range(row_axis))
+    rows = jax.lax.dot_general(p, v, (((row_axis,), (row_axis,)), (batch, batch)))
     return jnp.sum(rows, axis=batch[1:])
 
 
@@ -432,8 +433,10 @@ def _pass(x, top, y, weights, smooth, focal: bool) -> _Pass:
     hit = _hit(y, num_classes)
     z = x - top[..., None]
     e = jnp.exp(z)
-    if focal or num_classes < MIN_PLAIN_SUM_CLASSES:
+    if focal:
         s, below, ones = _split_sum(e)
+    elif num_classes < MIN_PLAIN_SUM_CLASSES:
+        s = _split_sum(e)[0]
     else:
         s = jnp.sum(e, axis=-1)
     log_s = jnp.log(s)
@@ -462,7 +465,7 @@ def _pass(x, top, y, weights, smooth, focal: bool) -> _Pass:
 
 def _forward(x, top, y, v, weights, smooth, overlap: bool, focal: bool):
     f = _pass(x, top, y, weights, smooth, focal)
-    log1m = jnp.log(f.rest) if focal else jnp.zeros_like(f.log_p)
+    log1m = jnp.zeros_like(f.log_p) if f.rest is None else jnp.log(f.rest)
     pixel = (f.log_p, log1m, f.weighted)
     if not overlap:
         return pixel, f
@@ -551,11 +554,11 @@ def softmax_terms(
         excluded by ``valid``.
       valid: ``(batch, *spatial)`` bool.
       weights: ``(classes,)`` class weights of ``weighted_log_p``.
-      smooth: compute ``weighted_log_p`` (zeros without it); may be traced.
-      focal: compute ``log1m_p`` (zeros without it; above the cutoff ``s`` is then one
-        plain sum instead of the split one).
       overlap: compute ``pred_sum``, ``tp`` and ``label_sum`` (the overlap losses'
         sums); without them (the cross-entropy and focal losses) they are ``None``.
+      smooth: compute ``weighted_log_p`` (zeros without it); may be traced.
+      focal: compute ``log1m_p`` (zeros without it; then, from
+        ``MIN_PLAIN_SUM_CLASSES`` classes, ``s`` is a plain sum instead of the split one).
 
     Returns:
       :class:`SoftmaxTerms`.
