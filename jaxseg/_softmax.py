@@ -176,7 +176,7 @@ import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
-from jaxseg import _checks
+from jaxseg import _checks, _sharding
 from jaxseg._stats import OverlapStats
 
 
@@ -335,15 +335,26 @@ def _pixel_sums(planes: list[jax.Array]) -> list[jax.Array]:
 def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
     """``(batch, n)`` values summed by ``(batch, n)`` labels in ``[0, C)``: ``(batch, C)``.
 
-    One segment sum per sample (a ``vmap``), not one over ``batch * C`` segments of the
-    flattened batch: merging the batch axis into the pixels is undefined when the batch
-    is sharded over an ``Explicit`` mesh axis. Same temporary memory (measured at 19 and
-    117 classes, ``jit(value_and_grad(dice_ce))``), and no slower within this machine's
-    noise.
+    One segment sum over the ``batch * C`` segments ``b C + y`` of the flattened batch:
+    its index is one int32 plane, where a segment sum per sample (a ``vmap``) indexes
+    by ``(sample, label)`` pairs, two int32 planes, and XLA copies its values into a
+    ``(n, 1, 1)`` plane. Measured, temporary memory over the logits, per sample / flat,
+    ``jit(value_and_grad)``, ``(8, H, W, C)``: ``dice_loss`` 1.00x / 0.63x at 8 classes,
+    0.42x / 0.26x at 19; ``dice_ce`` 1.25x / 0.88x and 0.53x / 0.37x; ``dice_focal``
+    1.75x / 1.38x and 0.74x / 0.58x. Merging the batch into the pixels is undefined when
+    an array is sharded over an ``Explicit`` mesh axis, so there the sums stay per sample.
     """
-    return jax.vmap(lambda v, y: jax.ops.segment_sum(v, y, num_segments=num_classes))(
-        _pixels(values), _pixels(labels)
+    values, labels = _pixels(values), _pixels(labels)
+    if any(_sharding.explicit_sharding(a) is not None for a in (values, labels)):
+        return jax.vmap(lambda v, y: jax.ops.segment_sum(v, y, num_segments=num_classes))(
+            values, labels
+        )
+    batch = values.shape[0]
+    ids = labels + (jnp.arange(batch, dtype=labels.dtype) * num_classes)[:, None]
+    sums = jax.ops.segment_sum(
+        values.reshape(-1), ids.reshape(-1), num_segments=batch * num_classes
     )
+    return sums.reshape(batch, num_classes)
 
 
 def _label_sums(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:

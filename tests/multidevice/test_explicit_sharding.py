@@ -139,6 +139,26 @@ def test_losses_under_explicit_sharding(name):
     assert jax.typeof(got[1]).sharding.spec[0] == AXIS
 
 
+@pytest.mark.parametrize(
+    "loss_fn", [jaxseg.dice_loss, jaxseg.dice_ce, jaxseg.dice_focal, jaxseg.cross_entropy]
+)
+@pytest.mark.parametrize("num_classes", [12, 30])
+def test_softmax_engine_above_the_unrolled_cutoff_under_explicit_sharding(loss_fn, num_classes):
+    # Above the cutoff the label-class sums are segment sums; over the flattened batch
+    # they would merge the sharded batch axis, so there they are taken per sample.
+    keys = jax.random.split(jax.random.key(5), 3)
+    x = 3 * jax.random.normal(keys[0], (16, 6, 5, num_classes))
+    y = jax.random.randint(keys[1], (16, 6, 5), 0, num_classes)
+    where = jax.random.bernoulli(keys[2], 0.8, (16, 6, 5))
+    run = peers.jit(lambda a, b, w: jax.value_and_grad(lambda z: loss_fn(z, b, where=w))(a))
+    want = run(x, y, where)
+    xs, ys, ws = _sharded(x, y, where)
+    got = run(xs, ys, ws)
+    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], want[1], rtol=2e-5, atol=1e-7)
+    assert jax.typeof(got[1]).sharding.spec[0] == AXIS
+
+
 def test_lovasz_unreduced_values_keep_the_batch_sharding():
     x, y, _ = _data()
     want = jaxseg.lovasz_softmax_loss(x, y, per_image=True, reduction="none")
