@@ -122,14 +122,11 @@ def _call(loss_fn, options, x, y, where):
     return lambda logits: jnp.sum(loss_fn(logits, y, **options))
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
-def test_losses_under_explicit_sharding(name):
-    loss_fn, options, binary = LOSSES[name]
-    x, y, where = _data()
-    if binary:
-        x, y = _binary(x, y)
+def _assert_sharding_changes_nothing(loss_of, x, y, where):
+    """``value_and_grad`` of ``loss_of(logits, labels, where)`` in the logits: equal on
+    unsharded and batch-sharded inputs, the gradient sharded as the logits."""
     # The same program on unsharded and on sharded inputs (peers.jit: fast compilation).
-    run = peers.jit(lambda a, b, w: jax.value_and_grad(_call(loss_fn, options, a, b, w))(a))
+    run = peers.jit(lambda a, b, w: jax.value_and_grad(lambda z: loss_of(z, b, w))(a))
     want = run(x, y, where)
     xs, ys, ws = _sharded(x, y, where)
     assert jax.typeof(xs).sharding.spec[0] == AXIS
@@ -137,6 +134,17 @@ def test_losses_under_explicit_sharding(name):
     np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(got[1], want[1], rtol=2e-5, atol=1e-7)
     assert jax.typeof(got[1]).sharding.spec[0] == AXIS
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_losses_under_explicit_sharding(name):
+    loss_fn, options, binary = LOSSES[name]
+    x, y, where = _data()
+    if binary:
+        x, y = _binary(x, y)
+    _assert_sharding_changes_nothing(
+        lambda a, b, w: _call(loss_fn, options, a, b, w)(a), x, y, where
+    )
 
 
 @pytest.mark.parametrize(
@@ -150,13 +158,7 @@ def test_softmax_engine_above_the_unrolled_cutoff_under_explicit_sharding(loss_f
     x = 3 * jax.random.normal(keys[0], (16, 6, 5, num_classes))
     y = jax.random.randint(keys[1], (16, 6, 5), 0, num_classes)
     where = jax.random.bernoulli(keys[2], 0.8, (16, 6, 5))
-    run = peers.jit(lambda a, b, w: jax.value_and_grad(lambda z: loss_fn(z, b, where=w))(a))
-    want = run(x, y, where)
-    xs, ys, ws = _sharded(x, y, where)
-    got = run(xs, ys, ws)
-    np.testing.assert_allclose(got[0], want[0], rtol=2e-5, atol=1e-6)
-    np.testing.assert_allclose(got[1], want[1], rtol=2e-5, atol=1e-7)
-    assert jax.typeof(got[1]).sharding.spec[0] == AXIS
+    _assert_sharding_changes_nothing(lambda a, b, w: loss_fn(a, b, where=w), x, y, where)
 
 
 def test_lovasz_unreduced_values_keep_the_batch_sharding():
