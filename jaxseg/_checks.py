@@ -24,7 +24,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.custom_derivatives import linear_call
 from jax.experimental import checkify
 
 from jaxseg import _arguments
@@ -263,53 +262,24 @@ def check_class_maps(predictions: jax.Array, labels: jax.Array, *, ranks: Sequen
 
 
 def widen(x: jax.Array) -> jax.Array:
-    """``x`` in its compute dtype, for the fused (custom-VJP) paths and compound losses.
+    """``x`` in its compute dtype (float32 for half precision), for the softmax engine and
+    the compound losses.
 
-    For bfloat16 the gradient is rounded back to bfloat16 (round to nearest even, as
-    ``astype``) with integer operations: XLA's CPU backend compiles the float32 to
-    bfloat16 conversion into scalar code inside large loops (measured: bfloat16
-    ``dice_ce`` 23 ms with ``astype``, 6 ms with this). The widening is a
-    ``custom_jvp`` whose tangent map is a ``linear_call`` (the tangent's ``astype``,
-    with this rounding as its transpose), so forward-mode autodiff works through it as
-    well as reverse mode.
+    A plain ``astype``: its derivative is ``astype`` (the gradient is rounded back to the
+    input dtype, to nearest even), and every JAX transformation goes through it. It
+    replaced a custom JVP whose tangent map was a ``linear_call`` rounding the bfloat16
+    gradient with integer operations (XLA's CPU backend converted float32 to bfloat16
+    with scalar code): ``linear_call`` has no batching rule, so ``vmap`` with a
+    derivative, ``jacfwd`` and ``hessian`` raised ``NotImplementedError`` on bfloat16
+    logits. Measured against it (bfloat16, ``jit(value_and_grad)``, interleaved in one
+    process, time over optax CE on the same logits), custom / plain: ``dice_ce`` 0.40 /
+    0.46 at 4 classes, 1.36 / 1.35 at 19, 1.06 / 1.08 at 117; ``cross_entropy`` 0.21 /
+    0.22, 0.95 / 0.88, 0.52 / 0.49; ``dice_loss`` 0.42 / 0.43, 1.26 / 1.22, 0.81 / 0.87,
+    and 0.67-0.74 / 0.73-0.78 at 64 (three runs); ``focal_loss`` and ``dice_focal`` within
+    0.05 at 2, 8 and 64. Rounding the gradient is cheap on accelerators, which convert
+    natively.
     """
-    if x.dtype == jnp.bfloat16:
-        return _widen_bfloat16(x)
     return x.astype(compute_dtype(x.dtype))
-
-
-def _to_float32(_, t: jax.Array) -> jax.Array:
-    return t.astype(jnp.float32)
-
-
-def _round_cotangent(_, g: jax.Array) -> jax.Array:
-    return round_to_bfloat16(g)
-
-
-@jax.custom_jvp
-def _widen_bfloat16(x: jax.Array) -> jax.Array:
-    return x.astype(jnp.float32)
-
-
-@_widen_bfloat16.defjvp
-def _widen_bfloat16_jvp(primals, tangents):
-    (x,), (t,) = primals, tangents
-    return _widen_bfloat16(x), linear_call(_to_float32, _round_cotangent, (), t)
-
-
-def round_to_bfloat16(x: jax.Array) -> jax.Array:
-    """float32 to bfloat16, round to nearest even, bit for bit as ``x.astype(bfloat16)``.
-
-    Adds ``0x7fff`` plus the lowest kept bit to the float32 bits and keeps the upper 16:
-    ties go to the even neighbour, overflow goes to infinity; NaNs are kept NaN.
-    """
-    x = x.astype(jnp.float32)
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    # A NaN keeps its sign and becomes quiet (the select stays in integers: a select in
-    # bfloat16 would bring XLA's conversion back).
-    rounded = jnp.where(jnp.isnan(x), (bits >> 16) | 0x0040, rounded)
-    return jax.lax.bitcast_convert_type(rounded.astype(jnp.uint16), jnp.bfloat16)
 
 
 # --------------------------------------------------------------------------------------

@@ -93,6 +93,24 @@ def monai(name, logits, labels, *, cotangent=None, **options):
     return _backward(loss(x, target), x, cotangent, channels_last)
 
 
+def torch_value_and_grad(loss, logits, labels):
+    """``loss(x, target)`` (a torch function of channels-first float64 logits and the
+    target of :func:`monai`) and its gradient, channels-last."""
+    x = _logits_tensor(logits)
+    return _backward(loss(x, _target_tensor(labels)), x, None, channels_last)
+
+
+def torch_hessian_vector_product(loss, logits, labels, direction):
+    """``H v`` of ``loss(x, target)`` (a torch function of channels-first float64 logits
+    and the target of :func:`monai`) at ``logits``, along ``direction``; channels-last."""
+    t = torch()
+    x = t.tensor(channels_first(logits).astype(np.float64))
+    v = t.tensor(channels_first(direction).astype(np.float64))
+    target = _target_tensor(labels)
+    _, hv = t.autograd.functional.hvp(lambda a: loss(a, target), x, v)
+    return channels_last(hv.numpy()).astype(np.float64)
+
+
 # ---------------------------------------------------------------------------------------
 # PyTorch
 

@@ -394,35 +394,3 @@ def test_validate_values_under_checkify():
     assert error.get() is None
     error, _ = jax.jit(checked)(X, OUT_OF_RANGE)
     assert "out of range" in error.get()
-
-
-def test_round_to_bfloat16_equals_astype_bit_for_bit():
-    """Every rounding case: random bit patterns, ties, overflow, subnormals, inf, NaN."""
-    rng = np.random.default_rng(0)
-    bits = rng.integers(0, 2**32, size=200_000, dtype=np.uint64).astype(np.uint32)
-    ties = (rng.integers(0, 2**16, size=2000, dtype=np.uint32) << 16) | 0x8000
-    special = np.array(
-        [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 1, 0x8001,
-         0x00808000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF, 0x3F808000, 0x3F818000],
-        dtype=np.uint32,
-    )  # fmt: skip
-    x = np.concatenate([bits, ties, special]).view(np.float32)
-    got = np.asarray(jax.jit(_checks.round_to_bfloat16)(x)).view(np.uint16)
-    want = np.asarray(jnp.asarray(x).astype(jnp.bfloat16)).view(np.uint16)
-    nan = np.isnan(x)
-    np.testing.assert_array_equal(got[~nan], want[~nan])
-    assert np.isnan(np.asarray(jax.jit(_checks.round_to_bfloat16)(x[nan]), np.float32)).all()
-
-
-def test_widen_gives_bfloat16_logits_the_gradient_of_astype():
-    rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.normal(size=(2, 8, 8, 4)), jnp.bfloat16)
-    y = jnp.asarray(rng.integers(0, 4, size=(2, 8, 8)))
-
-    def loss(widen):
-        return lambda a: jaxseg.dice_ce(widen(a), y)
-
-    got = jax.grad(loss(_checks.widen))(x)
-    want = jax.grad(loss(lambda a: a.astype(jnp.float32)))(x)
-    assert got.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))

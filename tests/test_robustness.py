@@ -480,6 +480,42 @@ def test_forward_mode_through_bfloat16_widening():
     np.testing.assert_array_equal(widened, np.asarray(t, np.float32))
 
 
+def test_bfloat16_logits_under_vmap_jacfwd_and_hessian():
+    """bfloat16 logits through every transformation that batches or differentiates twice
+    (the widening has no custom rule that a transformation lacks), at 9 classes (the
+    split reduction of s), against MONAI on the rounded logits in float64."""
+    rng = np.random.default_rng(41)
+    x = jnp.asarray(rng.normal(size=(3, 4, 3, 9)) * 2, jnp.bfloat16)
+    x64 = np.asarray(x, np.float64)
+    y = rng.integers(0, 9, size=(3, 4, 3))
+    v = rng.normal(size=x.shape[1:]).astype(np.float32)
+    per_image = lambda a, b: jaxseg.dice_focal(a[None], b[None])  # noqa: E731
+
+    @peers.jit  # every transformation in one program: one compilation
+    def derivatives(x, y, v):
+        by_vmap = jax.vmap(jax.grad(per_image))(x, y)
+        of_vmap = jax.grad(lambda a: jnp.sum(jax.vmap(per_image)(a, y)))(x)
+        first = lambda a: per_image(a, y[0])  # noqa: E731
+        hessian_v = jnp.tensordot(jax.hessian(first)(x[0]).astype(jnp.float32), v, axes=3)
+        return by_vmap, of_vmap, jax.jacfwd(first)(x[0]), hessian_v
+
+    by_vmap, of_vmap, jac, hessian_v = derivatives(x, jnp.asarray(y), jnp.asarray(v))
+    assert by_vmap.dtype == of_vmap.dtype == jnp.bfloat16
+    losses = peers.monai_losses()
+    dice = losses.DiceLoss(softmax=True, to_onehot_y=True)
+    focal = losses.FocalLoss(use_softmax=True, to_onehot_y=True, gamma=2.0)
+    # MONAI's softmax focal mean divides by the class count too.
+    monai = lambda a, b: dice(a, b) + 9 * focal(a, b)  # noqa: E731
+    for i in range(3):
+        want = peers.torch_value_and_grad(monai, x64[i : i + 1], y[i : i + 1])[1][0]
+        np.testing.assert_allclose(np.asarray(by_vmap[i], np.float32), want, rtol=1e-2, atol=2e-4)
+        np.testing.assert_allclose(np.asarray(of_vmap[i], np.float32), want, rtol=1e-2, atol=2e-4)
+        if i == 0:
+            np.testing.assert_allclose(jac, want, rtol=1e-4, atol=1e-6)
+    want = peers.torch_hessian_vector_product(monai, x64[:1], y[:1], v[None])[0]
+    np.testing.assert_allclose(hessian_v, want, rtol=2e-2, atol=2e-3)
+
+
 # The softmax engine (a custom JVP): forward mode and forward-over-reverse.
 ENGINE = [
     ("focal", lambda x: jaxseg.focal_loss(x, Y)),

@@ -293,6 +293,56 @@ def test_linearize_and_jacfwd_agree_with_reverse_mode():
     assert_close(jac, grad, rtol=1e-5, atol=1e-6)
 
 
+def _torch_softmax_losses(num_classes, weights):
+    """The peers of SECOND_ORDER: torch functions of channels-first logits and targets."""
+    t, losses = peers.torch(), peers.monai_losses()
+    dice = losses.DiceLoss(softmax=True, to_onehot_y=True)
+    # MONAI's softmax focal mean divides by the class count too.
+    focal = losses.FocalLoss(use_softmax=True, to_onehot_y=True, gamma=2.0)
+    weight = t.tensor(weights)
+    return {
+        "dice": dice,
+        "cross_entropy": lambda a, y: t.nn.functional.cross_entropy(
+            a, y[:, 0], weight=weight, label_smoothing=0.1
+        ),
+        "focal": lambda a, y: num_classes * focal(a, y),
+        "dice_ce": losses.DiceCELoss(softmax=True, to_onehot_y=True),
+        "dice_focal": lambda a, y: dice(a, y) + num_classes * focal(a, y),
+    }
+
+
+@pytest.mark.parametrize("num_classes", [3, 9, 30])
+def test_hessian_vector_products_match_monai_and_torch(num_classes):
+    # Second derivatives differentiate the engine's forward pass: unrolled (3 classes),
+    # s from the split reduction (9), s from a plain sum (30; the focal loss keeps the
+    # split). Forward-over-reverse, and jax.hessian (forward over reverse, vmapped).
+    x = ref.random_logits(2, num_classes, seed=31, shape=(2, 4, 3))
+    y = ref.random_labels(2, num_classes, seed=32, shape=(2, 4, 3))
+    v = np.random.default_rng(33).normal(size=x.shape).astype(np.float32)
+    w = np.linspace(0.5, 2.0, num_classes)
+    losses = {
+        "dice": lambda a: jaxseg.dice_loss(a, y),
+        "cross_entropy": lambda a: jaxseg.cross_entropy(a, y, class_weights=w, label_smoothing=0.1),
+        "focal": lambda a: jaxseg.focal_loss(a, y, gamma=2.0),
+        "dice_ce": lambda a: jaxseg.dice_ce(a, y),
+        "dice_focal": lambda a: jaxseg.dice_focal(a, y),
+    }
+
+    @peers.jit  # every loss and transformation in one program: one compilation
+    def second_order(x, v):
+        hvps = {name: jax.jvp(jax.grad(f), (x,), (v,))[1] for name, f in losses.items()}
+        hessian = jax.hessian(losses["dice_focal"])(x)
+        return hvps, jnp.tensordot(hessian, v, axes=x.ndim)
+
+    hvps, hessian_v = second_order(jnp.asarray(x), jnp.asarray(v))
+    peer = _torch_softmax_losses(num_classes, w)
+    for name, hvp in hvps.items():
+        want = peers.torch_hessian_vector_product(peer[name], x, y, v)
+        assert_close(hvp, want, rtol=1e-4, atol=1e-6)
+    want = peers.torch_hessian_vector_product(peer["dice_focal"], x, y, v)
+    assert_close(hessian_v, want, rtol=1e-4, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------
 # Exact gradients of the float- and array-valued options
 
