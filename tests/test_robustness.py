@@ -467,8 +467,8 @@ def test_forward_mode_matches_finite_differences(f, x, t):
 
 
 def test_forward_mode_through_bfloat16_widening():
-    """The bfloat16 widening of compound losses is a custom JVP: jvp works through it,
-    and reverse mode still rounds the gradient as astype does."""
+    """jvp works through the bfloat16 widening of compound losses, whose tangent is the
+    bfloat16 tangent in float32."""
     x = jnp.asarray(X, jnp.bfloat16)
     t = jnp.asarray(TANGENT, jnp.bfloat16)
     f = lambda a: jaxseg.dice_ce(a, ONEHOT)  # noqa: E731

@@ -294,7 +294,7 @@ def test_linearize_and_jacfwd_agree_with_reverse_mode():
 
 
 def _torch_softmax_losses(num_classes, weights):
-    """The peers of SECOND_ORDER: torch functions of channels-first logits and targets."""
+    """The peers of the losses below: torch functions of channels-first logits and targets."""
     t, losses = peers.torch(), peers.monai_losses()
     dice = losses.DiceLoss(softmax=True, to_onehot_y=True)
     # MONAI's softmax focal mean divides by the class count too.
