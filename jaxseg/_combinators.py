@@ -410,6 +410,12 @@ def resize_nearest(x: jax.Array, size: Sequence[int], first_axis: int = 1) -> ja
         size_in = x.shape[axis]
         if size_in == size_out:
             continue
+        if not (isinstance(size_in, int) and isinstance(size_out, int)):
+            # Symbolic sizes (jax.export with symbolic shapes): the same indices, in JAX.
+            i = jnp.arange(size_out)
+            index = jnp.minimum(((2 * i + 1) * size_in) // (2 * size_out), size_in - 1)
+            x = jnp.take(x, index, axis=axis)
+            continue
         index = nearest_indices(size_in, size_out)
         step = int(index[1] - index[0]) if size_out > 1 else 1
         if np.array_equal(index, index[0] + step * np.arange(size_out)):

@@ -142,7 +142,9 @@ def _lower_envelope_pass(values: jax.Array, axis: int, step: jax.Array) -> jax.A
         return jnp.minimum(best, moved[j][None] + cost)
 
     # The j = i term costs 0, so `moved` itself is a valid starting upper bound.
-    out = lax.fori_loop(0, n, relax, moved, unroll=max(1, min(n, 8)))
+    # A symbolic length (jax.export with symbolic shapes) runs as a plain loop.
+    unroll = max(1, min(n, 8)) if isinstance(n, int) else 1
+    out = lax.fori_loop(0, n, relax, moved, unroll=unroll)
     return jnp.moveaxis(out, 0, axis)
 
 
@@ -155,8 +157,10 @@ def _squared_distance_transform(mask: jax.Array, spacing: jax.Array) -> jax.Arra
     ndim = spacing.shape[0]
     lead = mask.ndim - ndim
     spatial = mask.shape[lead:]
-    # The O(n) pass goes along the longest axis, the O(n**2) passes along the others.
-    first = int(np.argmax(spatial))
+    # The O(n) pass goes along the longest axis, the O(n**2) passes along the others
+    # (with symbolic sizes, under jax.export, along the last axis).
+    sizes_known = all(isinstance(n, int) for n in spatial)
+    first = int(np.argmax(spatial)) if sizes_known else ndim - 1
     values = _nearest_true_squared(mask, lead + first, spacing[first])
     for axis in range(ndim):
         if axis != first:

@@ -261,9 +261,9 @@ def _dot(p: jax.Array, v: jax.Array) -> jax.Array:
     docstring): XLA writes the gradient over ``e`` only when no bitcast of ``e`` is
     read; the ``(b, n, C)`` view is one, and so is dropping an axis of length 1, which
     XLA does to every dot that has one, so there the per-row products would only be
-    slower.
+    slower. A symbolic size (``jax.export``) counts as longer than 1.
     """
-    if p.ndim == 3 or min(p.shape[:-1]) == 1:
+    if p.ndim == 3 or 1 in p.shape[:-1]:
         return jnp.einsum("bnc,bn->bc", _cells(p), _pixels(v))
     row_axis = p.ndim - 2
     batch = tuple(range(row_axis))

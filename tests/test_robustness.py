@@ -7,8 +7,8 @@
 - Integer labels of every width (int8 to int64, unsigned, bool) are range-checked in
   their own dtype: the int64 label 2**32 + 1 is out of range, not class 1.
 - Every public function runs eagerly (``jax.disable_jit``) and under ``jit``, ``vmap``,
-  ``grad``, ``checkpoint``, ``eval_shape``, ``jax.export``, and inside ``shard_map`` and
-  ``scan``, with the same values.
+  ``grad``, ``checkpoint``, ``eval_shape``, ``jax.export`` (also with symbolic batch and
+  spatial sizes), and inside ``shard_map`` and ``scan``, with the same values.
 - The checked mode works on every public function and reports the offending value.
 - Forward-mode autodiff (``jvp``, ``jacfwd``, ``linearize``) matches finite differences on
   every path that supports it, and raises an error naming the cause and the way around
@@ -139,6 +139,40 @@ def test_every_public_function_under_every_transformation(name, fn, arrays, diff
         _close(got["grad"], grad_eager, rtol=1e-4)
     # The checked mode works on every public function (its failures: further below).
     _close(jaxseg.checked(fn)(*arrays), eager[0])
+
+
+def _symbolic(array: np.ndarray, dims) -> jax.ShapeDtypeStruct:
+    """The array's shape with its batch and spatial axes symbolic (a class axis kept)."""
+    b, h, w = dims
+    shape = {2: (h, w), 3: (b, h, w), 4: (b, h, w, array.shape[-1])}[array.ndim]
+    return jax.ShapeDtypeStruct(shape, array.dtype)
+
+
+X12 = RNG.standard_normal((2, 6, 5, 12)).astype(np.float32)
+Y12 = RNG.integers(0, 12, (2, 6, 5)).astype(np.int32)
+SYMBOLIC_CASES = [
+    *ALL_CASES,
+    # Above the softmax engine's unrolled cutoff (the matrix-vector products, the segment
+    # sums over the flattened batch and the split reduction of s).
+    ("dice_focal_12_classes", jaxseg.dice_focal, (X12, Y12), True),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "fn", "arrays", "diff"), SYMBOLIC_CASES, ids=[c[0] for c in SYMBOLIC_CASES]
+)
+def test_every_public_function_exports_with_symbolic_shapes(name, fn, arrays, diff):
+    """jax.export with the batch and spatial sizes symbolic: the exported program, run on
+    two shapes (one of them a batch of one), equals the function run on each."""
+    dims = jax.export.symbolic_shape("b, h, w")
+
+    def program(*xs):
+        return (fn(*xs), jax.grad(fn)(*xs)) if diff else fn(*xs)
+
+    exported = jax.export.export(jax.jit(program))(*(_symbolic(a, dims) for a in arrays))
+    for crop in ((slice(None),) * 3, (slice(0, 1), slice(0, 4), slice(1, 4))):
+        inputs = tuple(a[crop[1:]] if a.ndim == 2 else a[crop] for a in arrays)
+        _close(exported.call(*inputs), program(*inputs), rtol=1e-4)
 
 
 def test_losses_with_axis_name_inside_shard_map():
