@@ -519,6 +519,9 @@ def _pairwise_sum(values: jax.Array) -> jax.Array:
     torch's cascade sum in MONAI. The zero padding to a power of two is exact.
     """
     n = values.shape[-1]
+    if not isinstance(n, int):
+        # A symbolic length (jax.export with symbolic shapes): halving needs a static one.
+        return jnp.sum(values, axis=-1)
     size = 1 << max(0, (n - 1).bit_length())
     values = jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, size - n)])
     while values.shape[-1] > 1:

@@ -155,6 +155,26 @@ SYMBOLIC_CASES = [
     # Above the softmax engine's unrolled cutoff (the matrix-vector products, the segment
     # sums over the flattened batch and the split reduction of s).
     ("dice_focal_12_classes", jaxseg.dice_focal, (X12, Y12), True),
+    # Metrics outside ALL_CASES whose programs depend on the sizes.
+    (
+        "average_surface_distance",
+        lambda p, y: metrics.average_surface_distance(p, y, 3),
+        (PRED, Y),
+        False,
+    ),
+    ("connected_components", lambda p: metrics.connected_components(p == 1), (PRED,), False),
+    (
+        "lesion_wise_scores",
+        lambda p, y: metrics.lesion_wise_scores(p == 1, y == 1),
+        (PRED, Y),
+        False,
+    ),
+    (
+        "panoptic_quality",
+        lambda p, y: metrics.panoptic_quality(p, y, num_classes=3),
+        (np.stack([PRED, PRED], -1), np.stack([Y, Y], -1)),
+        False,
+    ),
 ]
 
 
