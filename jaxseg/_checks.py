@@ -36,6 +36,17 @@ def _shape(x: Any) -> tuple[int, ...]:
     return tuple(np.shape(x))
 
 
+def static_sizes(*sizes: Any) -> bool:
+    """Whether every size is known while tracing (a Python int).
+
+    Under ``jax.export`` with symbolic shapes (``jax.export.symbolic_shape("b, h, w")``)
+    an axis size is a symbolic expression: a choice made from its value (a comparison,
+    ``np.argmax``, a static loop length or a padding to a power of two) is undefined, and
+    the functions that make one take a path that needs none.
+    """
+    return all(isinstance(n, int) for n in sizes)
+
+
 # --------------------------------------------------------------------------------------
 # Trace-time checks of shapes, ranks and dtypes (chex assertions).
 

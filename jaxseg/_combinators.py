@@ -388,15 +388,16 @@ def log_transform(loss: Loss, *, eps: float = 1e-7) -> Loss:
 # deep_supervision
 
 
-def nearest_indices(size_in: int, size_out: int) -> np.ndarray:
+def nearest_indices(size_in: int, size_out: int, xp: Any = np) -> np.ndarray:
     """Source index of each output index for nearest-neighbour resizing.
 
     Pixel centres are aligned (PyTorch ``mode="nearest-exact"``, used by nnU-Net's
     ``DownsampleSegForDSTransform``): ``floor((i + 1/2) size_in / size_out)``, in exact
-    integer arithmetic. For an integer factor ``f`` it is ``f i + f // 2``.
+    integer arithmetic. For an integer factor ``f`` it is ``f i + f // 2``. ``xp`` is
+    ``np`` (static sizes) or ``jnp`` (symbolic sizes, see ``_checks.static_sizes``).
     """
-    i = np.arange(size_out, dtype=np.int64)
-    return np.minimum(((2 * i + 1) * size_in) // (2 * size_out), size_in - 1)
+    i = xp.arange(size_out)
+    return xp.minimum(((2 * i + 1) * size_in) // (2 * size_out), size_in - 1)
 
 
 def resize_nearest(x: jax.Array, size: Sequence[int], first_axis: int = 1) -> jax.Array:
@@ -410,11 +411,9 @@ def resize_nearest(x: jax.Array, size: Sequence[int], first_axis: int = 1) -> ja
         size_in = x.shape[axis]
         if size_in == size_out:
             continue
-        if not (isinstance(size_in, int) and isinstance(size_out, int)):
-            # Symbolic sizes (jax.export with symbolic shapes): the same indices, in JAX.
-            i = jnp.arange(size_out)
-            index = jnp.minimum(((2 * i + 1) * size_in) // (2 * size_out), size_in - 1)
-            x = jnp.take(x, index, axis=axis)
+        if not _checks.static_sizes(size_in, size_out):
+            # Symbolic sizes: the same indices, computed in the program.
+            x = jnp.take(x, nearest_indices(size_in, size_out, xp=jnp), axis=axis)
             continue
         index = nearest_indices(size_in, size_out)
         step = int(index[1] - index[0]) if size_out > 1 else 1

@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxseg import _arguments, _sharding
+from jaxseg import _arguments, _checks, _sharding
 
 __all__ = ["Components", "connected_components"]
 
@@ -154,8 +154,8 @@ def _root_labels(mask: jax.Array, offsets: list[tuple[int, ...]]) -> tuple[jax.A
     Returns ``(labels, rounds)``, labels int32 ``(batch, size)``.
     """
     batch, spatial = mask.shape[0], mask.shape[1:]
-    size = math.prod(spatial)  # symbolic under jax.export with symbolic shapes
-    if isinstance(size, int) and size >= 2**31 - 1:
+    size = math.prod(spatial)
+    if _checks.static_sizes(size) and size >= 2**31 - 1:
         raise ValueError(f"`mask` has {size} pixels per sample; at most 2**31 - 2 are supported.")
     flat_mask = mask.reshape(batch, size)
     index = jnp.arange(size, dtype=jnp.int32)

@@ -142,8 +142,8 @@ def _lower_envelope_pass(values: jax.Array, axis: int, step: jax.Array) -> jax.A
         return jnp.minimum(best, moved[j][None] + cost)
 
     # The j = i term costs 0, so `moved` itself is a valid starting upper bound.
-    # A symbolic length (jax.export with symbolic shapes) runs as a plain loop.
-    unroll = max(1, min(n, 8)) if isinstance(n, int) else 1
+    # A symbolic length runs as a plain loop.
+    unroll = max(1, min(n, 8)) if _checks.static_sizes(n) else 1
     out = lax.fori_loop(0, n, relax, moved, unroll=unroll)
     return jnp.moveaxis(out, 0, axis)
 
@@ -158,9 +158,8 @@ def _squared_distance_transform(mask: jax.Array, spacing: jax.Array) -> jax.Arra
     lead = mask.ndim - ndim
     spatial = mask.shape[lead:]
     # The O(n) pass goes along the longest axis, the O(n**2) passes along the others
-    # (with symbolic sizes, under jax.export, along the last axis).
-    sizes_known = all(isinstance(n, int) for n in spatial)
-    first = int(np.argmax(spatial)) if sizes_known else ndim - 1
+    # (with symbolic sizes along the last axis).
+    first = int(np.argmax(spatial)) if _checks.static_sizes(*spatial) else ndim - 1
     values = _nearest_true_squared(mask, lead + first, spacing[first])
     for axis in range(ndim):
         if axis != first:
@@ -519,8 +518,7 @@ def _pairwise_sum(values: jax.Array) -> jax.Array:
     torch's cascade sum in MONAI. The zero padding to a power of two is exact.
     """
     n = values.shape[-1]
-    if not isinstance(n, int):
-        # A symbolic length (jax.export with symbolic shapes): halving needs a static one.
+    if not _checks.static_sizes(n):  # halving needs a static length
         return jnp.sum(values, axis=-1)
     size = 1 << max(0, (n - 1).bit_length())
     values = jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, size - n)])

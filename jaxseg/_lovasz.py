@@ -111,11 +111,11 @@ def _lovasz_hard(errors: jax.Array, fg: jax.Array, valid: jax.Array) -> jax.Arra
     )
     before = jnp.where(first > 0, jaccard[jnp.maximum(first - 1, 0)], 0)
     g_ordered = (jaccard[last] - before) / (last - first + 1).astype(dtype)
-    if isinstance(n, int):
+    if _checks.static_sizes(n):
         g = g_ordered[jnp.searchsorted(ordered, keys, side="left")]
     else:
-        # A symbolic length (jax.export with symbolic shapes), where searchsorted needs a
-        # static one: the sort's permutation, from a two-operand sort.
+        # A symbolic length, where searchsorted needs a static one: the sort's
+        # permutation, from a two-operand sort.
         _, order = jax.lax.sort((keys, index), num_keys=1)
         g = jnp.zeros_like(g_ordered).at[order].set(g_ordered)
     return jnp.where(valid, g, 0)
