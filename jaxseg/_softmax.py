@@ -441,11 +441,11 @@ def _class_slice_sums(t: list[jax.Array], labels: jax.Array) -> list[jax.Array]:
     """Per class ``c``, the plane ``t_c`` and ``t_c`` where the label is ``c``.
 
     Summed over the pixels they are ``pred_c = sum_i t_ic`` and ``tp_c = sum_{i: y_i =
-    c} t_ic``: with ``t_ic = v_i p_ic`` the forward sums, with its tangent ``v_i p_ic
-    (dx_ic - dot_i)`` theirs (the unrolled path). In the tangent rule their transposes
-    are elementwise and read ``e`` only at the index that the gradient loop writes
-    (``v p_ic`` times the cotangents of ``pred_c`` and, where ``c = y``, ``tp_c``), so
-    that no per-pixel value of the label class (``p_y``) is stored for them. (A
+    c} t_ic``: with ``t_ic = u_i e_ic = v_i p_ic`` the forward sums; in the tangent rule
+    (the unrolled path) the sums of its second term ``u_i e_ic``, ``u = v dot / s``. Their
+    transposes are elementwise and read ``e`` only at the index that the gradient loop
+    writes (``e_ic`` times the cotangents of ``pred_c`` and, where ``c = y``, ``tp_c``),
+    so that no per-pixel value of the label class (``p_y``) is stored for them. (A
     matrix-vector product and a gather there instead, as above the cutoff, measured on
     an earlier engine: ``dice_loss`` at ``(8, 256, 256, 4)`` 0.90x optax CE's time and
     1.75x the logits of temporary memory, against 0.75x and 1.26x.)
@@ -555,7 +555,7 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
         # its logarithm, and XLA stores no plane of it (nor of p_y) beside those of
         # log(1 - p_y) and r. Measured, jit(value_and_grad), temporary memory over the
         # logits, division / exp: focal_loss 1.00x / 0.75x at 8 classes, 0.80x / 0.60x at
-        # 10; dice_focal 1.38x / 1.25x, 1.10x / 1.00x, 0.58x / 0.53x at 19; time over
+        # 10; dice_focal 1.38x / 1.25x at 8, 1.10x / 1.00x at 10, 0.58x / 0.53x at 19; time over
         # optax CE (interleaved, one process) 0.68 / 0.58 (focal_loss) and 0.82 / 0.67
         # (dice_focal) at 4 classes, within noise at 8-117. Relative error of r: that of
         # exp of a difference of logarithms, about 1e-7 |log(1 - p_y)|.
@@ -578,7 +578,8 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
     # machine's noise: 0.55x / 0.50x, 0.62x / 0.64x optax CE). Above the cutoff the
     # matrix-vector product's output is a plane either way, and the multiply stores one
     # plane less (dice_loss 1.00x against 1.13x the logits at 8 classes, 0.42x against
-    # 0.47x at 19) and measured 2-4% faster (8, 19, 117 classes).
+    # 0.47x at 19) and measured 2-4% faster (8, 19, 117 classes). Up to the cutoff,
+    # d tp_c is the same sum where the label is c (_class_slice_sums).
     if _unrolled(num_classes):
         u = v * dot / f.s
         first = p * dx * v[..., None]
