@@ -132,29 +132,20 @@ def _label_weight(values, labels, dtype):
 
 
 def _finish_engine(
-    finish,
-    loss,
-    labels,
-    valid,
-    weight_y,
-    class_weights,
-    pixel_weights,
-    num_classes,
-    in_place=False,
+    finish, loss, labels, valid, weight_y, class_weights, pixel_weights, num_classes
 ):
     """``finish`` for a loss on the engine's terms.
 
-    The normaliser is the label's class weight; its sum comes from
-    ``_softmax.label_weight_sum`` without pixel weights, or, ``in_place``, with the
-    loss's sum from one variadic reduction (``jaxseg._reduce.paired_sums``).
+    The normaliser is the label's class weight; without pixel weights its sum comes from
+    ``_softmax.label_weight_sum``.
     """
     weight_sum = None
-    if pixel_weights is None and not in_place:
+    if pixel_weights is None:
         weight_sum = _softmax.label_weight_sum(
             labels, valid, class_weights, num_classes, loss.dtype
         )
     norm = jnp.broadcast_to(weight_y, loss.shape)
-    return finish(loss, valid, norm, pixel_weights, weight_sum=weight_sum, in_place=in_place)
+    return finish(loss, valid, norm, pixel_weights, weight_sum=weight_sum)
 
 
 def _pixel_terms(logits, labels, where, class_weights, ignore_index, smooth=False, focal=False):
@@ -260,17 +251,8 @@ def _focal_loss(
         # 0.80 at 8, 0.99 / 1.02 at 19). Not for the cross-entropy, whose log p_y is
         # not stored: its logarithm would run in the loop (0.30x -> 0.76x optax CE at 4
         # classes).
-        return _finish_engine(
-            finish,
-            loss,
-            labels,
-            valid,
-            weight_y,
-            class_weights,
-            pixel_weights,
-            num_classes,
-            in_place=True,
-        )
+        norm = jnp.broadcast_to(weight_y, loss.shape)
+        return finish(loss, valid, norm, pixel_weights, in_place=True)
     t = _Targets(
         logits, labels, where, class_weights, activation=activation, ignore_index=ignore_index
     )
