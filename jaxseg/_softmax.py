@@ -392,7 +392,7 @@ def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.
     """``(batch, n)`` values summed by ``(batch, n)`` labels in ``[0, C)``: ``(batch, C)``.
 
     One segment sum over the segments ``(b K + k) C + y`` of the flattened batch, ``k``
-    the block of ``_reduce._ROW`` pixels (``K`` blocks per sample), then a sum over the
+    the block of ``_reduce.ROW`` pixels (``K`` blocks per sample), then a sum over the
     blocks: a segment sum adds its terms in sequence, and one segment per class and
     sample was off by 3.5e-5 relative at ``(1, 128, 128, 128, 14)`` in float32. Its
     index is one int32 plane, where a segment sum per sample (a ``vmap``) indexes by
@@ -406,9 +406,9 @@ def _segment_sum(values: jax.Array, labels: jax.Array, num_classes: int) -> jax.
     """
     values, labels = _pixels(values), _pixels(labels)
     batch, n = values.shape
-    blocks = -(-n // _reduce._ROW) if _checks.static_sizes(n) else 1
+    blocks = -(-n // _reduce.ROW) if _checks.static_sizes(n) else 1
     if blocks > 1:
-        block = jnp.arange(n, dtype=labels.dtype)[None] // _reduce._ROW
+        block = jnp.arange(n, dtype=labels.dtype)[None] // _reduce.ROW
         labels = labels + block * num_classes
     segments = blocks * num_classes
     if any(_sharding.explicit_sharding(a) is not None for a in (values, labels)):
