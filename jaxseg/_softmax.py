@@ -270,7 +270,7 @@ def _dot(p: jax.Array, v: jax.Array) -> jax.Array:
 
     One product per row of the last spatial axis (batch axes ``(b, *spatial[:-1])``),
     summed over the rows, where the batch and every spatial axis are longer than 1 and
-    the last is at most ``_reduce.row_length``'s longest row; otherwise products over
+    the last is at most ``_reduce.ROW`` long; otherwise products over
     rows of the ``(b, n, C)`` view (:func:`_row_dot`). Why (module docstring): XLA
     writes the gradient over ``e`` only when no bitcast of ``e`` is read; the
     ``(b, n, C)`` view is one, and so is dropping an axis of length 1, which XLA does to
@@ -279,7 +279,7 @@ def _dot(p: jax.Array, v: jax.Array) -> jax.Array:
     as short enough.
     """
     width = p.shape[-2]
-    long_row = _checks.static_sizes(width) and _reduce.row_length(width) != width
+    long_row = _checks.static_sizes(width) and width > _reduce.ROW
     if p.ndim == 3 or 1 in p.shape[:-1] or long_row:
         return _row_dot(_cells(p), _pixels(v))
     row_axis = p.ndim - 2
@@ -313,11 +313,12 @@ def _unrolled(num_classes: int) -> bool:
     return num_classes <= MAX_UNROLLED_CLASSES
 
 
-def _class_sum(a: jax.Array) -> jax.Array:
+def _class_sum(a: jax.Array, keepdims: bool = False) -> jax.Array:
     """``(b, n, C)`` summed over the class axis (unrolled up to the cutoff)."""
     if _unrolled(a.shape[-1]):
-        return functools.reduce(jnp.add, [a[..., c] for c in range(a.shape[-1])])
-    return jnp.sum(a, axis=-1)
+        slices = [a[..., c : c + 1] if keepdims else a[..., c] for c in range(a.shape[-1])]
+        return functools.reduce(jnp.add, slices)
+    return jnp.sum(a, axis=-1, keepdims=keepdims)
 
 
 def _class_max(a: jax.Array) -> jax.Array:
@@ -508,7 +509,7 @@ def _reciprocal_sum(e: jax.Array, s: jax.Array) -> jax.Array:
     """
     if not _unrolled(e.shape[-1]):
         return 1 / s
-    return (1 / functools.reduce(jnp.add, [e[..., c : c + 1] for c in range(e.shape[-1])]))[..., 0]
+    return (1 / _class_sum(e, keepdims=True))[..., 0]
 
 
 def _hit(y: jax.Array, num_classes: int) -> jax.Array:
@@ -571,7 +572,8 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
     w = _row(weights, x.ndim)
     p = f.e * f.inv_s[..., None]
     dot = jnp.sum(p * dx, axis=-1)
-    dx_y = jnp.sum(jnp.where(_hit(y, num_classes), dx, 0), axis=-1)
+    hit = _hit(y, num_classes)
+    dx_y = jnp.sum(jnp.where(hit, dx, 0), axis=-1)
     w_dx = jnp.sum(dx * w, axis=-1)
     d_log_p = dx_y - dot
     d_log1m = jnp.zeros_like(d_log_p)
@@ -612,7 +614,7 @@ def _tangent(x, y, v, weights, f: _Pass, overlap: bool, dx, dw):
         pixel_axes = tuple(range(1, x.ndim - 1))
         second = jnp.stack([jnp.sum(a, axis=pixel_axes) for a in second], axis=1)
         d_pred = jnp.sum(first, axis=pixel_axes) - second[:, :num_classes]
-        d_tp = jnp.sum(jnp.where(_hit(y, num_classes), first, 0), axis=pixel_axes)
+        d_tp = jnp.sum(jnp.where(hit, first, 0), axis=pixel_axes)
         return (_cotangent_stored(d_pred), d_tp - second[:, num_classes:], *pixel)
     u = v * dot * f.inv_s
     d_pred_e = _dot(f.e, u)
