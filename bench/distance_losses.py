@@ -13,7 +13,7 @@ gradient with respect to the logits, blocked until ready.
   ``scipy.ndimage.distance_transform_edt`` on the host, one sample and one class at a
   time (cuCIM only for CUDA tensors).
 
-Runs are interleaved round-robin with the start rotated each round (``bench.timing``);
+Runs are interleaved in balanced orders (``bench.timing``);
 the table gives medians and interquartile ranges, jaxseg's median over MONAI's, the
 compile time and XLA's ``memory_analysis()`` of the compiled program (temporary bytes,
 also as a multiple of the logits' bytes). Labels are blobs (a smoothed random field's

@@ -17,27 +17,28 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxseg
+from bench import timing
 from jaxseg import _softmax as S
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def engine_vjp(x, top, y, v, weights, smooth, overlap):
-    return S._forward(x, top, y, v, weights, smooth, overlap)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def engine_vjp(x, top, y, v, weights, smooth, overlap, focal):
+    return S._forward(x, top, y, v, weights, smooth, overlap, focal)[0]
 
 
-def fwd(x, top, y, v, weights, smooth, overlap):
-    out, f = S._forward(x, top, y, v, weights, smooth, overlap)
+def fwd(x, top, y, v, weights, smooth, overlap, focal):
+    out, f = S._forward(x, top, y, v, weights, smooth, overlap, focal)
     return out, (x, y, v, weights, f)
 
 
-def bwd(overlap, res, g):
+def bwd(overlap, focal, res, g):
     x, y, v, weights, f = res
     if overlap:
         g_pred, g_tp, g_lp, g_l1m, g_q = g
     else:
         g_lp, g_l1m, g_q = g
-    p = S._softmax(x, f)
-    a = g_lp - (f.p_y / f.rest) * g_l1m
+    p = f.e * f.inv_s[..., None]
+    a = g_lp if f.log1m is None else g_lp - jnp.exp(f.log_p - f.log1m) * g_l1m
     coef = a + jnp.sum(weights) * g_q
     dx = S._row(weights, x.ndim) * g_q[..., None]
     if overlap:
@@ -82,11 +83,9 @@ for C in [int(c) for c in sys.argv[1].split(",")]:
         assert np.allclose(a, b, atol=1e-6), name
     ts = {k: [] for k in comp}
     keys = list(comp)
+    orders = timing.balanced_orders(len(keys))
     for r in range(int(sys.argv[2])):
-        order = keys[r // 2 % len(keys) :] + keys[: r // 2 % len(keys)]
-        if r % 2:
-            order = order[::-1]
-        for k in order:
+        for k in (keys[i] for i in orders[r % len(orders)]):
             t0 = time.perf_counter()
             jax.block_until_ready(comp[k](x, y))
             ts[k].append(time.perf_counter() - t0)

@@ -15,7 +15,7 @@ channels-first copies for MONAI):
 
 Method: jaxseg functions are compiled ahead of time (compile time reported apart,
 temporary memory from XLA's buffer assignment), every implementation is warmed up,
-then calls are interleaved round-robin (start rotated each round) and the median of
+then calls are interleaved in balanced orders (``bench.timing.balanced_orders``) and the median of
 the rounds is reported, with the spread (min-max). Every call blocks until done.
 """
 
@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
+from bench import timing
 from jaxseg import metrics
 
 
@@ -143,9 +144,10 @@ def run(groups, repeats: int) -> dict[str, list[dict]]:
         for _, fn, _ in impls:
             fn()  # warm-up
         samples = {name: [] for name, _, _ in impls}
+        orders = timing.balanced_orders(len(impls))
         for round_index in range(repeats):
-            order = impls[round_index % len(impls) :] + impls[: round_index % len(impls)]
-            for name, fn, _ in order:
+            for index in orders[round_index % len(orders)]:
+                name, fn, _ = impls[index]
                 start = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - start)

@@ -9,11 +9,14 @@ Workloads: 2D logits of about 8 MiB in float32, ``(8, H, W, C)`` with ``H W C = 
 at 2, 4, 5, 8, 14, 19, 32, 64, 117 and 150 classes, and 3D ``(1, 64, 64, 64, C)`` at 14
 and 117 classes; float32 and bfloat16 (torch runs in float32 only). Every implementation
 is ``value_and_grad`` from integer labels. Per workload, all implementations are
-compiled, warmed up, then timed in interleaved rounds (30, capped by a 15 s timing
-budget per workload, at least 3; each sample at least 20 ms of calls) whose order
-alternates between a rotation and its reverse (balanced: each implementation runs as
-often early as late in a round and after each neighbour). Ratios to optax CE are of
-medians measured in the same rounds, in the same process. Temporary memory is XLA's
+compiled, warmed up, then timed in interleaved rounds (each sample at least 20 ms of
+calls) in the balanced orders of :func:`bench.timing.balanced_orders`: each
+implementation runs after each other one equally often and equally often in each
+position. The number of rounds is the smallest multiple of the orders' number (22 for
+the 11 float32 implementations, 18 for the 9 bfloat16 ones) from 30 up, fewer where a
+20 s timing budget per workload would be exceeded (whole multiples where the budget
+allows one, at least 3 rounds). Ratios to optax CE are of medians measured in the same
+rounds, in the same process. Temporary memory is XLA's
 ``memory_analysis().temp_size_in_bytes``, as a multiple of the logits' bytes.
 
 Writes ``<out>/sweep-<tag>.{md,json}`` and ``<out>/latest-sweep.{md,json,png}`` (with
@@ -41,7 +44,7 @@ PIXELS_TIMES_CLASSES = 2**18  # per sample: 8 samples x 2**18 float32 = 8 MiB
 
 JAXSEG = ("cross_entropy", "dice_loss", "dice_ce", "focal_loss", "dice_focal")
 BASELINE = "optax CE"
-ROUND_BUDGET_S = 15.0  # timing budget per workload, seconds
+ROUND_BUDGET_S = 20.0  # timing budget per workload, seconds
 
 
 def shape_2d(classes: int) -> tuple[int, ...]:
@@ -88,21 +91,33 @@ def implementations(workload: Workload, with_torch: bool) -> list[tuple[str, str
 
 
 def _run_balanced(prepared: list[timing.Prepared], rounds: int) -> None:
-    count = len(prepared)
+    orders = timing.balanced_orders(len(prepared))
     for r in range(rounds):
-        order = [prepared[(r // 2 + k) % count] for k in range(count)]
-        if r % 2:
-            order.reverse()
         gc.collect()
         gc.disable()
         try:
-            for item in order:
+            for index in orders[r % len(orders)]:
+                item = prepared[index]
                 start = time.perf_counter()
                 for _ in range(item.inner):
                     item.step()
                 item.samples.append((time.perf_counter() - start) / item.inner)
         finally:
             gc.enable()
+
+
+def _round_count(requested: int, design: int, per_round_s: float) -> int:
+    """Rounds: a multiple of the balanced orders' number ``design``, within the budget.
+
+    The smallest multiple from ``requested`` up; where the budget does not allow it,
+    the most whole multiples that fit, else as many rounds as fit (at least 3).
+    """
+    wanted = -(-requested // design) * design
+    fit = int(ROUND_BUDGET_S // max(per_round_s, 1e-9))
+    if fit >= wanted:
+        return wanted
+    whole = fit // design * design
+    return whole if whole else max(fit, 3)
 
 
 def bench_one(workload: Workload, rounds: int, with_torch: bool) -> dict[str, Any]:
@@ -123,8 +138,8 @@ def bench_one(workload: Workload, rounds: int, with_torch: bool) -> dict[str, An
         prepared.append(item)
     # A 3D workload at 117 classes takes seconds per round: the rounds are capped by a
     # time budget (at least 3), so the whole sweep stays near 10 minutes.
-    per_round = sum(p.estimate_s for p in prepared)
-    rounds = int(min(rounds, max(3, ROUND_BUDGET_S // max(per_round, 1e-9))))
+    per_round = sum(p.estimate_s * p.inner for p in prepared)
+    rounds = _round_count(rounds, len(timing.balanced_orders(len(prepared))), per_round)
     _run_balanced(prepared, rounds)
     medians = {p.name: float(np.median(p.samples)) for p in prepared}
     base = medians.get(BASELINE)
