@@ -25,7 +25,6 @@ Writes ``<out>/sweep-<tag>.{md,json}`` and ``<out>/latest-sweep.{md,json,png}`` 
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from pathlib import Path
@@ -90,22 +89,6 @@ def implementations(workload: Workload, with_torch: bool) -> list[tuple[str, str
     return impls
 
 
-def _run_balanced(prepared: list[timing.Prepared], rounds: int) -> None:
-    orders = timing.balanced_orders(len(prepared))
-    for r in range(rounds):
-        gc.collect()
-        gc.disable()
-        try:
-            for index in orders[r % len(orders)]:
-                item = prepared[index]
-                start = time.perf_counter()
-                for _ in range(item.inner):
-                    item.step()
-                item.samples.append((time.perf_counter() - start) / item.inner)
-        finally:
-            gc.enable()
-
-
 def _round_count(requested: int, design: int, per_round_s: float) -> int:
     """Rounds: a multiple of the balanced orders' number ``design``, within the budget.
 
@@ -140,7 +123,9 @@ def bench_one(workload: Workload, rounds: int, with_torch: bool) -> dict[str, An
     # time budget (at least 3), so the whole sweep stays near 10 minutes.
     per_round = sum(p.estimate_s * p.inner for p in prepared)
     rounds = _round_count(rounds, len(timing.balanced_orders(len(prepared))), per_round)
-    _run_balanced(prepared, rounds)
+    for item in prepared:
+        item.planned = rounds  # every implementation in every round
+    timing.run_interleaved(prepared, rounds)
     medians = {p.name: float(np.median(p.samples)) for p in prepared}
     base = medians.get(BASELINE)
     rows = []
